@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -131,4 +132,23 @@ func (s *Store) checkStorePath(storePath string) error {
 	}
 
 	return nil
+}
+
+// narRecord returns the record of a file in the nar directory. It returns
+// badger.ErrKeyNotFound when there is none.
+func (s *Store) narRecord(fileName string) (narRecord, error) {
+	var record narRecord
+
+	err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(s.narRecordKey(fileName))
+		if err != nil {
+			return err
+		}
+
+		return item.Value(func(value []byte) error {
+			return json.Unmarshal(value, &record)
+		})
+	})
+
+	return record, err
 }
