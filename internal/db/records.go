@@ -1,0 +1,130 @@
+package db
+
+import (
+	"time"
+
+	"github.com/gradient-ci/gradient/protocol"
+)
+
+// Org is an organisation, the owner of projects.
+type Org struct {
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Project points at a flake and says which of its outputs to build.
+type Project struct {
+	Org      string `json:"org"`
+	Name     string `json:"name"`
+	FlakeRef string `json:"flake"`
+	// EntryPoints are attribute path patterns such as "packages.*.*".
+	EntryPoints []string  `json:"entry_points"`
+	CreatedAt   time.Time `json:"created_at"`
+	// LastEvaluation is the ID of the newest evaluation, 0 before the first.
+	LastEvaluation uint64 `json:"last_evaluation,omitempty"`
+}
+
+// EvalStatus is the state of an evaluation.
+type EvalStatus string
+
+// Evaluation states. Queued, Evaluating and Building are in progress; the
+// others are final.
+const (
+	EvalQueued     EvalStatus = "queued"
+	EvalEvaluating EvalStatus = "evaluating"
+	EvalBuilding   EvalStatus = "building"
+	// EvalSucceeded means every entry point evaluated and built.
+	EvalSucceeded EvalStatus = "succeeded"
+	// EvalFailed means the flake could not be evaluated at all, or at
+	// least one entry point failed to evaluate or build.
+	EvalFailed  EvalStatus = "failed"
+	EvalAborted EvalStatus = "aborted"
+)
+
+// Finished reports whether s is a final state.
+func (s EvalStatus) Finished() bool {
+	return s == EvalSucceeded || s == EvalFailed || s == EvalAborted
+}
+
+// Evaluation is one run of a project: evaluate the flake, then build the
+// derivations of its entry points.
+type Evaluation struct {
+	ID          uint64     `json:"id"`
+	Org         string     `json:"org"`
+	Project     string     `json:"project"`
+	FlakeRef    string     `json:"flake"`
+	EntryPoints []string   `json:"entry_point_patterns"`
+	Status      EvalStatus `json:"status"`
+	// Error says why the whole evaluation failed, such as a flake that
+	// cannot be fetched; errors of single attributes are in Results.
+	Error string `json:"error,omitempty"`
+	// Flake is the source as nix locked it, set once evaluation starts.
+	Flake protocol.LockedFlake `json:"locked_flake"`
+	// Results has one element per matching attribute.
+	Results    []EntryPointResult `json:"entry_points"`
+	CreatedAt  time.Time          `json:"created_at"`
+	StartedAt  *time.Time         `json:"started_at,omitempty"`
+	FinishedAt *time.Time         `json:"finished_at,omitempty"`
+}
+
+// EntryPointResult is one flake attribute of an evaluation and the build of
+// its derivation.
+type EntryPointResult struct {
+	Attr    string `json:"attr"`
+	DrvPath string `json:"drv_path,omitempty"`
+	// EvalError is nix's message when the attribute failed to evaluate.
+	EvalError string `json:"eval_error,omitempty"`
+	// BuildID is the build of DrvPath within this evaluation, 0 when the
+	// attribute did not evaluate.
+	BuildID uint64 `json:"build_id,omitempty"`
+}
+
+// BuildStatus is the state of one derivation's build within an evaluation.
+type BuildStatus string
+
+// Build states. Queued and Building are in progress; the others are final.
+const (
+	BuildQueued   BuildStatus = "queued"
+	BuildBuilding BuildStatus = "building"
+	// BuildSucceeded means the outputs were built and are in the cache.
+	BuildSucceeded BuildStatus = "succeeded"
+	// BuildCached means every output was already in the cache, so nothing
+	// ran.
+	BuildCached BuildStatus = "cached"
+	BuildFailed BuildStatus = "failed"
+	// BuildDependencyFailed means an input failed, so this one never ran.
+	BuildDependencyFailed BuildStatus = "dependency_failed"
+	BuildAborted          BuildStatus = "aborted"
+)
+
+// Finished reports whether s is a final state.
+func (s BuildStatus) Finished() bool {
+	return s != BuildQueued && s != BuildBuilding
+}
+
+// Succeeded reports whether the outputs are available.
+func (s BuildStatus) Succeeded() bool {
+	return s == BuildSucceeded || s == BuildCached
+}
+
+// Build is one derivation of an evaluation's graph. A derivation shared by
+// two evaluations has a Build in each, but nix builds it once.
+type Build struct {
+	ID        uint64            `json:"id"`
+	EvalID    uint64            `json:"evaluation_id"`
+	DrvPath   string            `json:"drv_path"`
+	Name      string            `json:"name"`
+	System    string            `json:"system"`
+	Features  []string          `json:"required_system_features,omitempty"`
+	InputDrvs []string          `json:"input_drvs,omitempty"`
+	Outputs   map[string]string `json:"outputs"`
+	Status    BuildStatus       `json:"status"`
+	// Error is nix's message for a failed build.
+	Error string `json:"error,omitempty"`
+	// FailedDependency is the .drv whose failure stopped this build.
+	FailedDependency string     `json:"failed_dependency,omitempty"`
+	WorkerID         string     `json:"worker_id,omitempty"`
+	CreatedAt        time.Time  `json:"created_at"`
+	StartedAt        *time.Time `json:"started_at,omitempty"`
+	FinishedAt       *time.Time `json:"finished_at,omitempty"`
+}
