@@ -1,0 +1,90 @@
+package scheduler
+
+import "math"
+
+// place chooses the worker for a job of chain, whose links take inputs
+// from outside the chain, and returns it with its Score. At least one free
+// worker can build the chain's class, or pickNext would not have chosen
+// it.
+func (s *Scheduler) place(chain []*drv, inputs []*drv) (*worker, Score) {
+	estimate := 0.0
+	for _, x := range chain {
+		estimate += x.estimate
+	}
+
+	var best, second *worker
+	var bestScore, secondScore Score
+	candidates := 0
+	for _, w := range s.workers {
+		if w.free() == 0 || !w.canRun(chain[0].class) {
+			continue
+		}
+		candidates++
+		score := s.score(w, inputs, estimate)
+		switch {
+		case best == nil || s.better(w, score, best, bestScore):
+			second, secondScore = best, bestScore
+			best, bestScore = w, score
+		case second == nil || s.better(w, score, second, secondScore):
+			second, secondScore = w, score
+		}
+	}
+
+	bestScore.Candidates = candidates
+	if second != nil {
+		bestScore.RunnerUp = second.ID
+		bestScore.RunnerUpTotal = secondScore.Total
+	}
+	return best, bestScore
+}
+
+// score computes the Score of running a job with the given external inputs
+// and estimated build time at speed 1 on w.
+func (s *Scheduler) score(w *worker, inputs []*drv, estimate float64) Score {
+	var fetch uint64
+	for _, in := range inputs {
+		if !w.hasOutputs(in) {
+			fetch += in.outputSize
+		}
+	}
+
+	sc := Score{
+		FetchBytes:   fetch,
+		FetchSeconds: float64(fetch) / s.cfg.FetchBandwidth,
+		BuildSeconds: estimate / w.speed,
+		Speed:        w.speed,
+	}
+	sc.Total = sc.FetchSeconds + sc.BuildSeconds
+	return sc
+}
+
+// better reports whether worker a with score sa goes before worker b with
+// score sb under the policy. Workers are visited in ID order, so an exact
+// tie keeps the smaller ID.
+func (s *Scheduler) better(a *worker, sa Score, b *worker, sb Score) bool {
+	loadA := float64(a.running) / float64(a.Slots)
+	loadB := float64(b.running) / float64(b.Slots)
+
+	switch s.cfg.Policy {
+	case PolicyHydra:
+		// Hydra's queue runner sorts machines by running jobs divided by
+		// speed factor, rounded, then by speed factor, then by more
+		// running jobs.
+		ra := math.Round(float64(a.running) / a.speed)
+		rb := math.Round(float64(b.running) / b.speed)
+		if ra != rb {
+			return ra < rb
+		}
+		if a.speed != b.speed {
+			return a.speed > b.speed
+		}
+		return a.running > b.running
+	case PolicyFIFO:
+		return loadA < loadB
+	default:
+		if sa.Total != sb.Total {
+			return sa.Total < sb.Total
+		}
+		return loadA < loadB
+	}
+}
