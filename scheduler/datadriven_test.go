@@ -168,7 +168,8 @@ type scriptRunner struct {
 //
 //	new [policy=P] [default-build-time=D] [max-job-length=N] [max-attempts=N]
 //	    [peer-slack=D] [bandwidth=B] [shares=P:S,...]
-//	                                replaces the Scheduler with a new one
+//	                                replaces the Scheduler with a new one and
+//	                                sets the clock back to the epoch
 //	worker ID systems=S,... [features=F,...] [slots=N] [speed=X]
 //	remove-worker ID
 //	graph EVAL [project=P]          input lines: PATH [<- IN...] [key=value...] [cached]
@@ -195,6 +196,7 @@ func (r *scriptRunner) runCommand(command string, input []string) []string {
 		var cfg Config
 		if cfg, err = parseConfig(args); err == nil {
 			r.s, err = New(cfg)
+			r.now = epoch
 		}
 	case "worker":
 		var w Worker

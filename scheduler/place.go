@@ -67,9 +67,9 @@ func (s *Scheduler) better(a *worker, sa Score, b *worker, sb Score) bool {
 
 	switch s.cfg.Policy {
 	case PolicyHydra:
-		// Hydra's queue runner sorts machines by running jobs divided by
-		// speed factor, rounded, then by speed factor, then by more
-		// running jobs.
+		// Hydra's dispatcher (src/hydra-queue-runner/dispatcher.cc) sorts
+		// machines by running jobs divided by speed factor, rounded to an
+		// integer, then by higher speed factor, then by more running jobs.
 		ra := math.Round(float64(a.running) / a.speed)
 		rb := math.Round(float64(b.running) / b.speed)
 		if ra != rb {

@@ -43,7 +43,14 @@ func (q *readyQueue) Pop() any {
 func lessFunc(p Policy) func(a, b *drv) bool {
 	switch p {
 	case PolicyHydra:
+		// Hydra's dispatcher (src/hydra-queue-runner/dispatcher.cc) sorts
+		// runnable steps by more required system features, then more
+		// direct reverse dependencies, then the oldest build. Its global
+		// and local priorities have no counterpart here.
 		return func(a, b *drv) bool {
+			if len(a.class.features) != len(b.class.features) {
+				return len(a.class.features) > len(b.class.features)
+			}
 			if len(a.dependents) != len(b.dependents) {
 				return len(a.dependents) > len(b.dependents)
 			}
