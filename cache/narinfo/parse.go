@@ -43,7 +43,8 @@ type NarInfo = gonarinfo.NarInfo
 // MaxSize or a line longer than MaxLineSize.
 var ErrTooLarge = errors.New("narinfo too large")
 
-// FieldError reports an invalid or missing field of a .narinfo file.
+// FieldError is the error for an invalid or missing field of a .narinfo
+// file.
 type FieldError struct {
 	// Field is the key, such as "NarSize".
 	Field string
@@ -144,11 +145,11 @@ func (p *parser) setField(key, value string) error {
 	case "Compression":
 		p.info.Compression = value
 	case "FileHash":
-		p.info.FileHash, err = parseHash(value)
+		p.info.FileHash, err = ParseHash(value)
 	case "FileSize":
 		p.info.FileSize, err = parseSize(value)
 	case "NarHash":
-		p.info.NarHash, err = parseHash(value)
+		p.info.NarHash, err = ParseHash(value)
 		if err == nil && p.info.NarHash.Algo() != nixhash.SHA256 {
 			err = fmt.Errorf("hash %q is not SHA-256", value)
 		}
@@ -198,8 +199,7 @@ func (p *parser) finish() error {
 		return &FieldError{Field: "NarSize", Err: errors.New("missing or zero")}
 	}
 
-	// Nix reads a missing Compression as bzip2, the format of the first
-	// binary caches.
+	// Nix reads a missing Compression as bzip2.
 	if info.Compression == "" {
 		info.Compression = "bzip2"
 	}
@@ -225,10 +225,19 @@ func checkDeriver(value string) error {
 	return CheckBaseName(value)
 }
 
-func parseHash(value string) (*nixhash.HashWithEncoding, error) {
+// ParseHash parses a hash in any form a .narinfo file may use: nix32,
+// base16 or base64 after an "<algo>:" prefix, or SRI ("sha256-<base64>").
+// It checks that the digest has the length of its algorithm.
+func ParseHash(value string) (*nixhash.HashWithEncoding, error) {
 	h, err := nixhash.ParseAny(value, nil)
 	if err != nil {
 		return nil, fmt.Errorf("invalid hash %q: %w", truncate(value), err)
+	}
+
+	// go-nix accepts 44 base64 characters without padding, which decode
+	// to 33 bytes instead of the 32 of a SHA-256 digest.
+	if len(h.Digest()) != h.Algo().Func().Size() {
+		return nil, fmt.Errorf("invalid hash %q: digest has %d bytes, want %d", truncate(value), len(h.Digest()), h.Algo().Func().Size())
 	}
 
 	return h, nil
