@@ -21,9 +21,9 @@ const (
 	// write. A walk over a large package set is a few megabytes.
 	maxJSONOutput = 256 << 20
 
-	// waitDelay is how long a cancelled command's output pipes may stay
-	// open after the process group was killed.
-	waitDelay = 5 * time.Second
+	// waitDelay is how long a cancelled nix may take to stop its builders
+	// and exit before it gets SIGKILL.
+	waitDelay = 10 * time.Second
 )
 
 // ErrOutputTooLarge is wrapped when a command writes more output than the
@@ -57,8 +57,9 @@ type command struct {
 	stderr io.Writer
 }
 
-// run runs cmd in its own process group. Cancelling ctx kills the whole
-// group, so builders and helpers that nix started die with it, and run
+// run runs cmd in its own process group. Cancelling ctx sends SIGTERM to
+// the group, on which nix stops its builders, then SIGKILL to nix after
+// waitDelay and to the rest of the group once nix has exited; run then
 // returns an error wrapping ctx.Err(). A non-zero exit returns an *Error.
 func (c *Client) run(ctx context.Context, cmd command) error {
 	tail := &tailBuffer{max: maxStderrTail}
@@ -71,12 +72,20 @@ func (c *Client) run(ctx context.Context, cmd command) error {
 	proc.Stdout = cmd.stdout
 	proc.Stderr = stderr
 	proc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Nix runs sandboxed builders in their own session, out of reach of
+	// a signal to nix's process group. On SIGTERM nix kills its builders
+	// before it exits; SIGKILL would leave them running.
 	proc.Cancel = func() error {
-		return syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
+		return syscall.Kill(-proc.Process.Pid, syscall.SIGTERM)
 	}
 	proc.WaitDelay = waitDelay
 
 	err := proc.Run()
+	if ctx.Err() != nil && proc.Process != nil {
+		// Kill what is left of the process group, such as helpers that
+		// ignored SIGTERM. It fails with ESRCH when the group is empty.
+		_ = syscall.Kill(-proc.Process.Pid, syscall.SIGKILL)
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("run %s: %w", cmd.name, ctx.Err())
 	}
