@@ -2,6 +2,7 @@ package attrpath
 
 import (
 	"errors"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -186,7 +187,11 @@ func TestJoin(t *testing.T) {
 // FuzzParse checks that Parse never panics and that every path Join writes
 // parses back to a pattern matching exactly that path.
 func FuzzParse(f *testing.F) {
-	for _, seed := range []string{"packages.*.*", "checks.**", `a."b.c".*`, `"a\"b"`, "a..b", `"`, "**.x.**"} {
+	seeds, err := os.ReadFile("testdata/seeds.txt")
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, seed := range strings.Split(strings.TrimSuffix(string(seeds), "\n"), "\n") {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, text string) {
