@@ -119,6 +119,32 @@ func (p Pattern) CanMatchBelow(path []string) bool {
 	return false
 }
 
+// Names reports whether the pattern names path without a "**": path
+// matches the whole pattern, or matches its first len(path) segments and
+// none of them is "**". For "packages.*.*", the path
+// [packages x86_64-linux] is named; for "**.hello", only paths that end in
+// hello are. A walker reports an error at a named path, and only notes
+// one that it met while searching below a "**".
+func (p Pattern) Names(path []string) bool {
+	if p.Match(path) {
+		return true
+	}
+	if len(path) > len(p.segments) {
+		return false
+	}
+	for i, name := range path {
+		switch s := p.segments[i]; s.Kind {
+		case Any:
+			return false
+		case Name:
+			if s.Name != name {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // Prefix returns the literal names at the start of the pattern, up to the
 // first wildcard: "packages.x86_64-linux.*" has the prefix
 // [packages x86_64-linux]. Every path that matches starts with the prefix.

@@ -218,3 +218,30 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestNames(t *testing.T) {
+	tests := []struct {
+		pattern string
+		path    []string
+		want    bool
+	}{
+		{"packages.*.*", []string{"packages", "x86_64-linux"}, true},
+		{"packages.*.*", []string{"packages", "x86_64-linux", "hello"}, true},
+		{"packages.*.*", []string{"checks"}, false},
+		{"**.leaf", []string{"packages", "x86_64-linux", "throws"}, false},
+		{"**.leaf", []string{"a", "leaf"}, true},
+		{"packages.**.hello", []string{"packages"}, true},
+		{"packages.**.hello", []string{"packages", "x86_64-linux"}, false},
+		{"checks.**", []string{"checks", "x86_64-linux", "deep"}, true},
+		{"a.b", []string{"a", "b", "c"}, false},
+	}
+	for _, tt := range tests {
+		p, err := Parse(tt.pattern)
+		if err != nil {
+			t.Fatalf("Parse(%q) = %v, want no error", tt.pattern, err)
+		}
+		if got := p.Names(tt.path); got != tt.want {
+			t.Errorf("Parse(%q).Names(%q) = %v, want %v", tt.pattern, tt.path, got, tt.want)
+		}
+	}
+}

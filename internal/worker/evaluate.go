@@ -24,7 +24,9 @@ var ErrNoEntryPoints = errors.New("no entry point patterns")
 // Evaluate locks the flake, lists the attributes that match the entry
 // point patterns, evaluates their drvPaths into the worker's store, and
 // returns the closure of their derivations. An attribute that fails to
-// evaluate is recorded in its EntryPoint with nix's message; Evaluate
+// evaluate is recorded in its EntryPoint with nix's message if a pattern
+// names it without "**" (see attrpath.Pattern.Names); one that a "**"
+// only searched through gets a progress line instead. Evaluate
 // returns an error only for an invalid request, a flake that cannot be
 // locked or whose outputs cannot be evaluated at all, a fault of the
 // worker, or a cancelled ctx.
@@ -103,7 +105,7 @@ func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progres
 	fmt.Fprintf(progress, "read %d derivations\n", len(result.Derivations))
 
 	logger.Info("evaluation finished",
-		"entry_points", len(result.EntryPoints), "failed_entry_points", failed,
+		"entry_points", len(result.EntryPoints), "failed_entry_points", failed, "search_errors", e.searchErrors,
 		"derivations", len(result.Derivations), "duration", time.Since(started))
 	return result, nil
 }
@@ -141,7 +143,10 @@ type evaluation struct {
 	progress io.Writer
 
 	entryPoints []entryPoint
-	skipped     int
+	// skipped counts matches that are not derivations.
+	skipped int
+	// searchErrors counts errors below a "**" that no pattern names.
+	searchErrors int
 }
 
 // walkItem is one element of walk.nix's result.
@@ -200,6 +205,8 @@ func (e *evaluation) collect(ctx context.Context, items []walkItem) error {
 		switch {
 		case item.DrvPath != "":
 			e.entryPoints = append(e.entryPoints, entryPoint{path: item.Path, drvPath: item.DrvPath})
+		case item.Error && !e.named(item.Path):
+			e.noteSearchError(item.Path, "")
 		case item.Error:
 			if err := e.explain(ctx, item.Path); err != nil {
 				return err
@@ -234,9 +241,34 @@ func (e *evaluation) fail(path []string, message string) error {
 	if len(path) == 0 {
 		return fmt.Errorf("evaluate flake outputs of %q: %w", e.url, &nix.Error{Command: "nix eval", ExitCode: 1, Message: message})
 	}
+	if !e.named(path) {
+		e.noteSearchError(path, message)
+		return nil
+	}
 	fmt.Fprintf(e.progress, "error in %s: %s\n", attrpath.Join(path), firstLine(message))
 	e.entryPoints = append(e.entryPoints, entryPoint{path: slices.Clone(path), err: message})
 	return nil
+}
+
+// named reports whether a pattern names path without a "**", so that an
+// error there belongs in the result.
+func (e *evaluation) named(path []string) bool {
+	for _, p := range e.patterns {
+		if p.Names(path) {
+			return true
+		}
+	}
+	return false
+}
+
+// noteSearchError reports an error in an attribute that only a "**"
+// reached. It is not an entry point: the pattern searched through it.
+func (e *evaluation) noteSearchError(path []string, message string) {
+	e.searchErrors++
+	if message == "" {
+		message = "evaluation failed"
+	}
+	fmt.Fprintf(e.progress, "skipped %s while searching: %s\n", attrpath.Join(path), firstLine(message))
 }
 
 // reachable reports whether a pattern matches path or can match below it.
