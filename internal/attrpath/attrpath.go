@@ -205,9 +205,9 @@ func (p Pattern) closure(positions []int, pos int) []int {
 	}
 }
 
-// Join formats an attribute path the way a pattern is written, quoting the
-// names that contain a dot, a quote, a backslash, a comma, a star, a space,
-// a control character or invalid UTF-8, that are empty, or that are "*" or "**".
+// Join formats an attribute path the way a pattern is written. It quotes
+// empty names and names that contain a dot, a quote, a backslash, a comma,
+// a star, a space, a control character or invalid UTF-8.
 func Join(path []string) string {
 	var b strings.Builder
 	for i, name := range path {

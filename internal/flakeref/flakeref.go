@@ -52,7 +52,7 @@ type Ref struct {
 const examples = "such as /srv/project, path:/srv/project, git+https://example.org/repo.git, github:owner/repo or flake:nixpkgs"
 
 // Parse checks the syntax of a flake reference. The error wraps ErrInvalid
-// and says what is wrong and what to write instead.
+// and states what is wrong and what to write instead.
 func Parse(ref string) (Ref, error) {
 	kind, err := parse(ref)
 	if err != nil {
@@ -121,11 +121,11 @@ func relativeError(ref string) error {
 	if strings.HasPrefix(ref, "~") {
 		return fmt.Errorf("%q is a path relative to a home directory, which nix does not expand and the server may not share: write an absolute path such as /home/me/project", ref)
 	}
-	const why = "the server may run in another directory than your shell, so write an absolute path such as /srv/project"
+	const reason = "the server may run in another directory than your shell, so write an absolute path such as /srv/project"
 	if flakeID.MatchString(ref) {
-		return fmt.Errorf("%q is a relative path or a bare registry name: %s, or flake:%s for a registry entry", ref, why, ref)
+		return fmt.Errorf("%q is a relative path or a bare registry name: %s, or flake:%s for a registry entry", ref, reason, ref)
 	}
-	return fmt.Errorf("%q is a relative path: %s", ref, why)
+	return fmt.Errorf("%q is a relative path: %s", ref, reason)
 }
 
 // checkPath checks the part after "path:" or a bare absolute path, with
@@ -174,12 +174,12 @@ func checkForge(scheme, rest string) error {
 		return fmt.Errorf("want %s:owner/repo or %s:owner/repo/branch-or-revision", scheme, scheme)
 	}
 	for i, segment := range segments {
-		what := []string{"owner", "repository", "branch or revision"}[i]
+		field := []string{"owner", "repository", "branch or revision"}[i]
 		if segment == "" {
-			return fmt.Errorf("the %s is empty: want %s:owner/repo[/branch-or-revision]", what, scheme)
+			return fmt.Errorf("the %s is empty: want %s:owner/repo[/branch-or-revision]", field, scheme)
 		}
 		if i < 2 && !forgeName.MatchString(segment) {
-			return fmt.Errorf("the %s %q has characters other than letters, digits, '.', '_' and '-'", what, segment)
+			return fmt.Errorf("the %s %q has characters other than letters, digits, '.', '_' and '-'", field, segment)
 		}
 	}
 	return checkQuery(query)

@@ -10,8 +10,10 @@ import (
 
 // BuildFailed reports whether err is or wraps an *Error from a build that
 // nix ran and that failed: a builder exiting non-zero, a timeout, or a
-// fixed-output hash mismatch. Nix signals these with exit codes 0x60 to
-// 0x6f (100 for a plain builder failure); other failures, such as a
+// fixed-output hash mismatch. The nix manual page "Special exit codes
+// for build failure" lists 100 (builder failed), 101 (timeout), 102 (hash
+// mismatch) and 104 (not deterministic), which --keep-going combines as
+// bits, so any code from 0x60 to 0x6f counts. Other failures, such as a
 // missing .drv file or an unreachable store, exit with 1.
 func BuildFailed(err error) bool {
 	var nixErr *Error
@@ -62,8 +64,8 @@ func (c *Client) DumpPath(ctx context.Context, storePath string, w io.Writer) er
 		return fmt.Errorf("dump path %q: not an absolute store path", storePath)
 	}
 
-	// A writer error must kill nix: it would otherwise block on a full
-	// stdout pipe that nobody reads.
+	// A writer error must kill nix, because nix would otherwise block on
+	// a full stdout pipe that no goroutine reads any more.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cw := &errorWriter{w: w, onError: cancel}

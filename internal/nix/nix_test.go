@@ -15,7 +15,7 @@ import (
 )
 
 // requireNix skips the test when nix is not installed, unless
-// GRADIENT_REQUIRE_NIX=1 asks for nix to be there.
+// GRADIENT_REQUIRE_NIX=1 requires nix, as in CI.
 func requireNix(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("nix"); err != nil {
@@ -216,7 +216,7 @@ func TestClientRealiseCancel(t *testing.T) {
 		done <- err
 	}()
 
-	// Wait until nix says it is building, then until the builder runs.
+	// Wait until nix prints that it is building, then until the builder runs.
 	buf := make([]byte, 4096)
 	var seen []byte
 	for !bytes.Contains(seen, []byte("building")) {

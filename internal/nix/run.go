@@ -58,9 +58,10 @@ type command struct {
 }
 
 // run runs cmd in its own process group. Cancelling ctx sends SIGTERM to
-// the group, on which nix stops its builders, then SIGKILL to nix after
-// waitDelay and to the rest of the group once nix has exited; run then
-// returns an error wrapping ctx.Err(). A non-zero exit returns an *Error.
+// the group, on which nix stops its builders. Nix gets SIGKILL if it has
+// not exited after waitDelay, and the rest of the group gets SIGKILL once
+// nix has exited. run then returns an error wrapping ctx.Err(). A non-zero
+// exit returns an *Error.
 func (c *Client) run(ctx context.Context, cmd command) error {
 	tail := &tailBuffer{max: maxStderrTail}
 	var stderr io.Writer = tail

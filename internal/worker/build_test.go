@@ -28,10 +28,10 @@ func runNix(t *testing.T, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// TestBuildSubstitutesInputs builds the diamond's top in one store, copies
-// its inputs into a signed file:// binary cache, and builds top again in a
-// second store that has the cache as its substituter: the inputs must come
-// from the cache instead of being built.
+// TestBuildSubstitutesInputs builds the diamond's top in one store and
+// copies its inputs into a signed file:// binary cache. A second store
+// with that cache as its substituter then builds top again, and must fetch
+// the inputs from the cache instead of building them.
 func TestBuildSubstitutesInputs(t *testing.T) {
 	requireNix(t)
 	ctx := t.Context()

@@ -24,9 +24,9 @@ var ErrNoEntryPoints = errors.New("no entry point patterns")
 // Evaluate locks the flake, lists the attributes that match the entry
 // point patterns, evaluates their drvPaths into the worker's store, and
 // returns the closure of their derivations. An attribute that fails to
-// evaluate is recorded in its EntryPoint with nix's message if a pattern
-// names it without "**" (see attrpath.Pattern.Names); one that a "**"
-// only searched through gets a progress line instead. Evaluate
+// evaluate is recorded in its EntryPoint with nix's message when a pattern
+// names it without "**", as attrpath.Pattern.Names defines. An attribute
+// that a "**" only searched through gets a progress line instead. Evaluate
 // returns an error only for an invalid request, a flake that cannot be
 // locked or whose outputs cannot be evaluated at all, a fault of the
 // worker, or a cancelled ctx.
@@ -160,29 +160,24 @@ type walkItem struct {
 // walk records the entry points at and below path. It first walks the
 // subtree in one nix process, in which builtins.tryEval catches throws.
 // Other errors, such as a type error or a missing attribute, abort that
-// process; walk then looks at the attribute set at path and walks each
-// child that a pattern can reach on its own, down to the attribute that
-// fails.
+// process. Then walk lists the attribute set at path and walks each child
+// that a pattern can reach in a process of its own, which narrows the
+// error down to the attribute that fails.
 func (e *evaluation) walk(ctx context.Context, path []string) error {
-	items, err := e.runWalker(ctx, path, false)
-	if err == nil {
+	items, walkErr := e.runWalker(ctx, path, false)
+	if walkErr == nil {
 		return e.collect(ctx, items)
 	}
-	walkMessage, ok := nixMessage(err)
-	if !ok {
-		return err
+	if _, ok := nixMessage(walkErr); !ok {
+		return walkErr
 	}
 
 	node, err := e.describe(ctx, path)
 	if err != nil {
-		message, ok := nixMessage(err)
-		if !ok {
-			return err
-		}
-		return e.fail(path, message)
+		return e.fail(path, err)
 	}
 	if node.Kind != "set" {
-		return e.fail(path, walkMessage)
+		return e.fail(path, walkErr)
 	}
 
 	for _, name := range node.Names {
@@ -227,19 +222,20 @@ func (e *evaluation) explain(ctx context.Context, path []string) error {
 		// The error did not happen again; take what the walk found.
 		return e.collect(ctx, slices.DeleteFunc(items, func(item walkItem) bool { return item.Error }))
 	}
+	return e.fail(path, err)
+}
+
+// fail records nix's error message for the attribute at path. It returns
+// err unchanged when err is not a *nix.Error, such as a cancelled context.
+// An error at the root means that the flake's outputs cannot be evaluated
+// at all, so the whole evaluation fails with it.
+func (e *evaluation) fail(path []string, err error) error {
 	message, ok := nixMessage(err)
 	if !ok {
 		return err
 	}
-	return e.fail(path, message)
-}
-
-// fail records nix's error message for the attribute at path. An error at
-// the root means the flake's outputs cannot be evaluated at all, which
-// fails the whole evaluation.
-func (e *evaluation) fail(path []string, message string) error {
 	if len(path) == 0 {
-		return fmt.Errorf("evaluate flake outputs of %q: %w", e.url, &nix.Error{Command: "nix eval", ExitCode: 1, Message: message})
+		return fmt.Errorf("evaluate flake outputs of %q: %w", e.url, err)
 	}
 	if !e.named(path) {
 		e.noteSearchError(path, message)

@@ -20,7 +20,7 @@ import (
 )
 
 // requireNix skips the test when nix is not installed, unless
-// GRADIENT_REQUIRE_NIX=1 asks for nix to be there.
+// GRADIENT_REQUIRE_NIX=1 requires nix, as in CI.
 func requireNix(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("nix"); err != nil {
