@@ -113,9 +113,9 @@ func (w *Worker) upload(ctx context.Context, info protocol.PathInfo, nars protoc
 }
 
 // outputNames maps each output path that nix-store printed to its output
-// name. Input-addressed outputs have their path in the .drv; a floating
-// content-addressed output is recognised by its name, which is the
-// derivation's name with "-<output>" appended unless the output is "out".
+// name. Input-addressed outputs have their path in the .drv. A floating
+// content-addressed output is recognised by its store path name: the
+// derivation's name, followed by "-<output>" unless the output is "out".
 func outputNames(drv nix.Derivation, paths []string) (map[string]string, error) {
 	names := make(map[string]string, len(paths))
 	for name, path := range drv.Outputs {
