@@ -4,6 +4,7 @@
 package db
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -136,5 +137,13 @@ type badgerLogger struct{ l *slog.Logger }
 
 func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a...)) }
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...)) }
-func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(fmt.Sprintf(f, a...)) }
-func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Debug(fmt.Sprintf(f, a...)) }
+func (b badgerLogger) Infof(f string, a ...any) {
+	b.l.Log(context.Background(), levelTrace, fmt.Sprintf(f, a...))
+}
+func (b badgerLogger) Debugf(f string, a ...any) {
+	b.l.Log(context.Background(), levelTrace, fmt.Sprintf(f, a...))
+}
+
+// levelTrace is below slog.LevelDebug: badger logs every write at its info
+// and debug levels, which would drown the node's own debug log.
+const levelTrace = slog.LevelDebug - 4
