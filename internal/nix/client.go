@@ -126,6 +126,10 @@ func (c *Client) settingArgs() []string {
 		"--option", "sandbox", sandbox,
 		"--option", "sandbox-paths", strings.Join(c.cfg.SandboxPaths, " "),
 		"--option", "build-users-group", c.cfg.BuildUsersGroup,
+		// Nix remembers a missing narinfo for an hour per cache URL. The
+		// node's cache gains paths during an evaluation, so an input that
+		// was missing a minute ago must be looked up again, not rebuilt.
+		"--option", "narinfo-cache-negative-ttl", "0",
 	)
 	for _, o := range c.cfg.ExtraOptions {
 		args = append(args, "--option", o.Name, o.Value)
