@@ -1,0 +1,221 @@
+// Package web serves the node's HTTP interface: the JSON REST API under
+// /api/v1 and the binary caches under /cache/<name>/.
+package web
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/gradient-ci/gradient/internal/db"
+)
+
+// Evaluator starts evaluations. The node implements it.
+type Evaluator interface {
+	// Enqueue schedules a stored, queued evaluation. It does not block on
+	// the evaluation itself.
+	Enqueue(ctx context.Context, evalID uint64) error
+}
+
+// LogSource opens stored build logs by .drv store path.
+type LogSource interface {
+	// OpenLog returns the log written so far, or an error wrapping
+	// fs.ErrNotExist when the derivation has no log.
+	OpenLog(ctx context.Context, drvPath string) (io.ReadCloser, error)
+}
+
+// Cache is one binary cache as the API lists it, with the handler that
+// serves its binary-cache protocol.
+type Cache struct {
+	Name string `json:"name"`
+	// PublicKey is the key clients put in trusted-public-keys, in Nix's
+	// "name:base64" form.
+	PublicKey string `json:"public_key"`
+	// URL is the substituter URL as seen from this node's listen address.
+	URL     string       `json:"url"`
+	Handler http.Handler `json:"-"`
+}
+
+// Config holds what the server needs. All fields are required except
+// Logger and Now.
+type Config struct {
+	DB         *db.DB
+	Evaluator  Evaluator
+	Logs       LogSource
+	Caches     []Cache
+	AdminToken string
+	Logger     *slog.Logger
+	// Now returns the current time; default time.Now.
+	Now func() time.Time
+	// LogPollInterval is how often a followed log is checked for new
+	// output; default 250 ms.
+	LogPollInterval time.Duration
+}
+
+// Server is the node's HTTP handler. It is safe for concurrent use.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	router chi.Router
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.LogPollInterval <= 0 {
+		cfg.LogPollInterval = 250 * time.Millisecond
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "web")}
+
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	r.Use(s.logRequests)
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Use(s.requireToken)
+		r.Get("/orgs", s.listOrgs)
+		r.Get("/projects", s.listProjects)
+		r.Post("/projects", s.createProject)
+		r.Get("/projects/{org}/{project}", s.getProject)
+		r.Get("/projects/{org}/{project}/evaluations", s.listEvaluations)
+		r.Post("/projects/{org}/{project}/evaluations", s.createEvaluation)
+		r.Get("/evaluations/{id}", s.getEvaluation)
+		r.Get("/evaluations/{id}/builds", s.listBuilds)
+		r.Get("/builds/{id}", s.getBuild)
+		r.Get("/builds/{id}/log", s.getBuildLog)
+		r.Get("/caches", s.listCaches)
+		r.Get("/caches/{name}", s.getCache)
+		r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, http.StatusNotFound, "no API endpoint %s %s: see docs/api.md", r.Method, r.URL.Path)
+		})
+	})
+	s.router = r
+	caches := cfg.Caches
+	s.cfg.Caches = nil
+	for _, c := range caches {
+		s.AddCache(c)
+	}
+	return s
+}
+
+// AddCache serves c under /cache/<name>/ and lists it in the API. Call it
+// before the server handles requests; it is not safe for concurrent use
+// with ServeHTTP.
+func (s *Server) AddCache(c Cache) {
+	prefix := "/cache/" + c.Name
+	s.router.Mount(prefix+"/", http.StripPrefix(prefix, c.Handler))
+	s.cfg.Caches = append(s.cfg.Caches, c)
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.router.ServeHTTP(w, r)
+}
+
+// Authorized reports whether r carries the admin token, either as a bearer
+// token or as the password of HTTP Basic authentication, which is what nix
+// sends from a netrc file.
+func (s *Server) Authorized(r *http.Request) bool {
+	return TokenMatches(r, s.cfg.AdminToken)
+}
+
+// TokenMatches reports whether r carries token as a bearer token or as a
+// Basic authentication password. An empty token never matches.
+func TokenMatches(r *http.Request, token string) bool {
+	if token == "" {
+		return false
+	}
+	var got string
+	if auth := r.Header.Get("Authorization"); strings.HasPrefix(auth, "Bearer ") {
+		got = strings.TrimPrefix(auth, "Bearer ")
+	} else if _, pass, ok := r.BasicAuth(); ok {
+		got = pass
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+func (s *Server) requireToken(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.Authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="gradient"`)
+			writeError(w, http.StatusUnauthorized, "missing or invalid API token: pass it as 'Authorization: Bearer TOKEN'")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		start := s.cfg.Now()
+		next.ServeHTTP(ww, r)
+		level := slog.LevelDebug
+		if ww.Status() >= 500 {
+			level = slog.LevelWarn
+		}
+		s.log.Log(r.Context(), level, "http request",
+			"method", r.Method, "path", r.URL.Path, "status", ww.Status(),
+			"bytes", ww.BytesWritten(), "duration_ms", s.cfg.Now().Sub(start).Milliseconds(),
+			"remote_addr", r.RemoteAddr)
+	})
+}
+
+// apiError is the body of every API error response.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, format string, args ...any) {
+	writeJSON(w, status, apiError{Error: fmt.Sprintf(format, args...)})
+}
+
+// writeDBError maps a record store error to a response: not found is 404,
+// anything else is logged and reported as 500.
+func (s *Server) writeDBError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		writeError(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, db.ErrExists):
+		writeError(w, http.StatusConflict, "%v", err)
+	default:
+		s.log.Error("database request failed", "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal error: see the node's log")
+	}
+}
+
+// maxRequestBody bounds every JSON request body of the API.
+const maxRequestBody = 1 << 20
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("unexpected data after the JSON object")
+	}
+	return nil
+}
