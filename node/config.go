@@ -1,0 +1,98 @@
+// Package node wires a Gradient node together: the record store, the
+// binary caches, the HTTP server, the scheduler and the in-process worker,
+// and runs the loop that drives evaluations and builds.
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Config configures a node. The zero value of every optional field picks
+// the documented default.
+type Config struct {
+	// DataDir holds the database, NAR files, logs, keys and the admin
+	// token. Default "./gradient-data".
+	DataDir string
+	// Listen is the HTTP listen address. Default "127.0.0.1:3000".
+	Listen string
+	// CacheKeyName names the signing key created on first start, in
+	// Nix's "name:base64" key format. Default "<hostname>-1".
+	CacheKeyName string
+
+	// NoWorker disables the in-process worker.
+	NoWorker bool
+	// NixBin is the nix binary the in-process worker runs. Default: "nix"
+	// looked up on PATH; without it the node runs no worker.
+	NixBin string
+	// WorkerStore is a chroot store directory for the in-process worker,
+	// passed to nix as --store. Empty means the machine's default store.
+	WorkerStore string
+	// WorkerMaxJobs is how many builds the in-process worker runs at once.
+	// Default 1, at most 64.
+	WorkerMaxJobs int
+
+	// MaxConcurrentEvaluations bounds evaluations that run at once.
+	// Default 1.
+	MaxConcurrentEvaluations int
+
+	// ShutdownTimeout bounds how long Run waits for HTTP requests to end
+	// after its context is cancelled. Default 10 s.
+	ShutdownTimeout time.Duration
+
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of c with defaults filled in.
+func (c Config) withDefaults() Config {
+	if c.DataDir == "" {
+		c.DataDir = "gradient-data"
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:3000"
+	}
+	if c.CacheKeyName == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "gradient"
+		}
+		c.CacheKeyName = host + "-1"
+	}
+	if c.WorkerMaxJobs == 0 {
+		c.WorkerMaxJobs = 1
+	}
+	if c.MaxConcurrentEvaluations == 0 {
+		c.MaxConcurrentEvaluations = 1
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// validate returns an error naming every invalid field of a config with
+// defaults filled in.
+func (c Config) validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen address %q is invalid: give host:port such as 127.0.0.1:3000", c.Listen))
+	}
+	if c.WorkerMaxJobs < 1 || c.WorkerMaxJobs > 64 {
+		errs = append(errs, fmt.Errorf("worker max jobs %d is out of range: give 1 to 64", c.WorkerMaxJobs))
+	}
+	if c.MaxConcurrentEvaluations < 1 || c.MaxConcurrentEvaluations > 64 {
+		errs = append(errs, fmt.Errorf("max concurrent evaluations %d is out of range: give 1 to 64", c.MaxConcurrentEvaluations))
+	}
+	if c.WorkerStore != "" && !filepath.IsAbs(c.WorkerStore) {
+		errs = append(errs, fmt.Errorf("worker store %q is not an absolute path", c.WorkerStore))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,279 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/protocol"
+	"github.com/gradient-ci/gradient/scheduler"
+)
+
+// startEvaluation runs the evaluation in the background once an
+// evaluation slot is free. Called on the Run goroutine.
+func (d *driver) startEvaluation(ctx context.Context, evalID uint64) {
+	w := d.evalWorker
+	d.goBackground(func() {
+		select {
+		case d.evalSlots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		defer func() { <-d.evalSlots }()
+		d.evaluate(ctx, w, evalID)
+	})
+}
+
+// evaluate runs one evaluation on w, stores its entry points and build
+// records, and hands the graph to the Run goroutine. It runs in its own
+// goroutine and writes only the records of this evaluation, which no
+// other goroutine touches until the graph is handed over.
+func (d *driver) evaluate(ctx context.Context, w protocol.Worker, evalID uint64) {
+	log := d.log.With("evaluation_id", evalID)
+	e, err := d.db.GetEvaluation(evalID)
+	if err != nil {
+		log.Error("load evaluation failed", "err", err)
+		return
+	}
+	if w == nil {
+		d.failEvaluation(e, "no worker can evaluate: start the node with nix on PATH or connect a worker")
+		return
+	}
+
+	now := d.now().UTC()
+	e.Status = db.EvalEvaluating
+	e.StartedAt = &now
+	if err := d.db.PutEvaluation(e); err != nil {
+		log.Error("store evaluation failed", "err", err)
+		return
+	}
+	log.Info("evaluation started", "org", e.Org, "project", e.Project, "flake", e.FlakeRef)
+
+	progress := &logLineWriter{log: log, msg: "evaluation progress"}
+	res, err := w.Evaluate(ctx, protocol.EvalRequest{FlakeRef: e.FlakeRef, EntryPoints: e.EntryPoints}, progress)
+	if ctx.Err() != nil {
+		log.Info("evaluation interrupted; it resumes on the next start")
+		return
+	}
+	if err != nil {
+		log.Warn("evaluation failed", "err", err)
+		d.failEvaluation(e, err.Error())
+		return
+	}
+
+	builds, err := d.recordGraph(ctx, &e, res)
+	if err != nil {
+		log.Error("store evaluation result failed", "err", err)
+		d.failEvaluation(e, "store evaluation result: "+err.Error())
+		return
+	}
+	log.Info("evaluation finished", "entry_points", len(e.Results), "derivations", len(builds))
+
+	_ = d.post(ctx, func(ctx context.Context) { d.addGraph(ctx, e, builds) })
+}
+
+// recordGraph creates the build records of an evaluation result, one per
+// derivation, and stores the entry points with their build IDs. A
+// derivation whose outputs are all in the cache is recorded as cached.
+func (d *driver) recordGraph(ctx context.Context, e *db.Evaluation, res protocol.EvalResult) ([]db.Build, error) {
+	var outputs []string
+	for _, drv := range res.Derivations {
+		for _, p := range drv.Outputs {
+			if p != "" {
+				outputs = append(outputs, p)
+			}
+		}
+	}
+	missing, err := d.cache.Missing(ctx, outputs)
+	if err != nil {
+		return nil, fmt.Errorf("look up outputs in the cache: %w", err)
+	}
+	isMissing := make(map[string]bool, len(missing))
+	for _, p := range missing {
+		isMissing[p] = true
+	}
+
+	now := d.now().UTC()
+	builds := make([]db.Build, 0, len(res.Derivations))
+	for _, drv := range res.Derivations {
+		status := db.BuildCached
+		for _, p := range drv.Outputs {
+			// A content-addressed output has no path before it is built.
+			if p == "" || isMissing[p] {
+				status = db.BuildQueued
+			}
+		}
+		if len(drv.Outputs) == 0 {
+			status = db.BuildQueued
+		}
+		b := db.Build{
+			DrvPath:   drv.DrvPath,
+			Name:      drv.Name,
+			System:    drv.System,
+			Features:  drv.RequiredSystemFeatures,
+			InputDrvs: drv.InputDrvs,
+			Outputs:   drv.Outputs,
+			Status:    status,
+			CreatedAt: now,
+		}
+		if status == db.BuildCached {
+			b.FinishedAt = &now
+		}
+		builds = append(builds, b)
+	}
+
+	// Builds left by an earlier, interrupted run of this evaluation are
+	// replaced, so every derivation has one build record.
+	if err := d.db.DeleteBuilds(e.ID); err != nil {
+		return nil, err
+	}
+	if err := d.db.CreateBuilds(e.ID, builds); err != nil {
+		return nil, err
+	}
+
+	buildIDs := make(map[string]uint64, len(builds))
+	for _, b := range builds {
+		buildIDs[b.DrvPath] = b.ID
+	}
+	e.Flake = res.Flake
+	e.Results = make([]db.EntryPointResult, 0, len(res.EntryPoints))
+	for _, ep := range res.EntryPoints {
+		e.Results = append(e.Results, db.EntryPointResult{
+			Attr:      ep.Attr,
+			DrvPath:   ep.DrvPath,
+			EvalError: ep.Error,
+			BuildID:   buildIDs[ep.DrvPath],
+		})
+	}
+	e.Status = db.EvalBuilding
+	return builds, d.db.PutEvaluation(*e)
+}
+
+// failEvaluation records an evaluation that could not produce a graph.
+func (d *driver) failEvaluation(e db.Evaluation, msg string) {
+	now := d.now().UTC()
+	e.Status = db.EvalFailed
+	e.Error = msg
+	e.FinishedAt = &now
+	if err := d.db.PutEvaluation(e); err != nil {
+		d.log.Error("store evaluation failed", "evaluation_id", e.ID, "err", err)
+	}
+}
+
+// addGraph hands an evaluation's graph to the scheduler. Builds that are
+// already final (cached, or finished before a restart) are passed as
+// cached so the scheduler only waits for the others.
+func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Build) {
+	ae := &activeEval{eval: e, builds: make(map[string]*db.Build, len(builds))}
+	g := scheduler.Graph{EvalID: db.FormatID(e.ID), Project: e.Org + "/" + e.Project}
+	pending := 0
+	for i := range builds {
+		b := &builds[i]
+		ae.builds[b.DrvPath] = b
+		if b.Status == db.BuildFailed || b.Status == db.BuildDependencyFailed || b.Status == db.BuildAborted {
+			continue
+		}
+		if !b.Status.Finished() {
+			pending++
+		}
+		g.Derivations = append(g.Derivations, scheduler.Derivation{
+			DrvPath:   b.DrvPath,
+			Name:      b.Name,
+			System:    b.System,
+			Features:  b.Features,
+			InputDrvs: b.InputDrvs,
+			Outputs:   outputPaths(b.Outputs),
+			Cached:    b.Status.Finished(),
+		})
+	}
+	if pending == 0 {
+		d.finishEvaluation(e.ID, ae)
+		return
+	}
+
+	d.active[e.ID] = ae
+	decisions, err := d.sched.AddGraph(g, d.now())
+	if err != nil {
+		delete(d.active, e.ID)
+		d.log.Error("scheduler rejected the graph", "evaluation_id", e.ID, "err", err)
+		d.failEvaluation(e, "schedule derivation graph: "+err.Error())
+		return
+	}
+	d.apply(ctx, decisions)
+}
+
+// finishEvaluation stores the final state of an evaluation: failed when an
+// entry point did not evaluate or any build did not succeed.
+func (d *driver) finishEvaluation(evalID uint64, ae *activeEval) {
+	delete(d.active, evalID)
+	e, err := d.db.GetEvaluation(evalID)
+	if err != nil {
+		d.log.Error("load evaluation failed", "evaluation_id", evalID, "err", err)
+		return
+	}
+
+	status := db.EvalSucceeded
+	var failed []string
+	for _, ep := range e.Results {
+		if ep.EvalError != "" {
+			status = db.EvalFailed
+			failed = append(failed, ep.Attr)
+		}
+	}
+	counts := map[db.BuildStatus]int{}
+	for _, b := range ae.builds {
+		counts[b.Status]++
+		if !b.Status.Succeeded() {
+			status = db.EvalFailed
+		}
+	}
+
+	now := d.now().UTC()
+	e.Status = status
+	e.FinishedAt = &now
+	if err := d.db.PutEvaluation(e); err != nil {
+		d.log.Error("store evaluation failed", "evaluation_id", evalID, "err", err)
+		return
+	}
+	slices.Sort(failed)
+	d.log.Info("evaluation done", "evaluation_id", evalID, "status", status,
+		"built", counts[db.BuildSucceeded], "cached", counts[db.BuildCached],
+		"failed", counts[db.BuildFailed], "dependency_failed", counts[db.BuildDependencyFailed],
+		"eval_errors", strings.Join(failed, ","))
+}
+
+func outputPaths(outputs map[string]string) []string {
+	paths := make([]string, 0, len(outputs))
+	for _, p := range outputs {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
+	slices.Sort(paths)
+	return paths
+}
+
+// logLineWriter logs each line written to it at debug level.
+type logLineWriter struct {
+	log  interface{ Debug(string, ...any) }
+	msg  string
+	part []byte
+}
+
+func (w *logLineWriter) Write(p []byte) (int, error) {
+	w.part = append(w.part, p...)
+	for {
+		i := slices.Index(w.part, '\n')
+		if i < 0 {
+			break
+		}
+		w.log.Debug(w.msg, "line", string(w.part[:i]))
+		w.part = w.part[i+1:]
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = (*logLineWriter)(nil)
