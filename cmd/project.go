@@ -1,0 +1,310 @@
+package cmd
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/web"
+	"github.com/gradient-ci/gradient/web/client"
+)
+
+func newProjectCommand(cf *clientFlags) *cobra.Command {
+	c := &cobra.Command{Use: "project", Short: "Create, evaluate and inspect projects"}
+	c.PersistentFlags().BoolVar(&cf.json, "json", false, "print the API's JSON object")
+	c.AddCommand(newProjectCreateCommand(cf), newProjectEvaluateCommand(cf), newProjectShowCommand(cf), newProjectListCommand(cf))
+	return c
+}
+
+func newProjectCreateCommand(cf *clientFlags) *cobra.Command {
+	var flake, entryPoints string
+	c := &cobra.Command{
+		Use:   "create ORG/PROJECT --flake REF",
+		Short: "Create a project that builds a flake; the organisation is created if needed",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			org, name, err := splitProject(args[0])
+			if err != nil {
+				return err
+			}
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			req := web.CreateProjectRequest{Org: org, Name: name, Flake: flake}
+			if entryPoints != "" {
+				for _, p := range strings.Split(entryPoints, ",") {
+					req.EntryPoints = append(req.EntryPoints, strings.TrimSpace(p))
+				}
+			}
+			p, err := cl.CreateProject(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), p)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "created project %s/%s for %s (entry points %s)\n", p.Org, p.Name, p.FlakeRef, strings.Join(p.EntryPoints, ","))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&flake, "flake", "", "flake reference, such as /src/repo, git+https://host/repo or github:owner/repo")
+	c.Flags().StringVar(&entryPoints, "entry-points", "", "comma-separated attribute patterns; '*' matches one name, '**' any depth (default packages.*.*,checks.*.*)")
+	_ = c.MarkFlagRequired("flake")
+	return c
+}
+
+func newProjectEvaluateCommand(cf *clientFlags) *cobra.Command {
+	var wait bool
+	c := &cobra.Command{
+		Use:   "evaluate ORG/PROJECT",
+		Short: "Start an evaluation of the project's flake and build what is missing",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			org, name, err := splitProject(args[0])
+			if err != nil {
+				return err
+			}
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			e, err := cl.Evaluate(cmd.Context(), org, name)
+			if err != nil {
+				return err
+			}
+			if !wait {
+				if cf.json {
+					return printJSON(cmd.OutOrStdout(), e)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "evaluation %d queued\n", e.ID)
+				return nil
+			}
+			return waitForEvaluation(cmd, cf, cl, e.ID)
+		},
+	}
+	c.Flags().BoolVar(&wait, "wait", false, "show progress until the evaluation finishes; exit 1 when anything failed")
+	return c
+}
+
+// waitForEvaluation polls the evaluation, printing a progress line to
+// stderr whenever the counts change, then prints the result.
+func waitForEvaluation(cmd *cobra.Command, cf *clientFlags, cl *client.Client, id uint64) error {
+	ctx := cmd.Context()
+	ticker := time.NewTicker(500 * time.Millisecond)
+	defer ticker.Stop()
+
+	last := ""
+	for {
+		e, err := cl.Evaluation(ctx, id)
+		if err != nil {
+			return err
+		}
+		var bs []db.Build
+		if e.Status != db.EvalQueued && e.Status != db.EvalEvaluating {
+			if bs, err = cl.Builds(ctx, id); err != nil {
+				return err
+			}
+		}
+		line := fmt.Sprintf("evaluation %d: %s%s", id, e.Status, buildCounts(bs))
+		if line != last {
+			fmt.Fprintln(cmd.ErrOrStderr(), line)
+			last = line
+		}
+		if e.Status.Finished() {
+			if cf.json {
+				if err := printJSON(cmd.OutOrStdout(), e); err != nil {
+					return err
+				}
+			} else {
+				printEvaluation(cmd.OutOrStdout(), e, bs)
+			}
+			if e.Status != db.EvalSucceeded {
+				return exitError{code: 1}
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+	}
+}
+
+func buildCounts(bs []db.Build) string {
+	if len(bs) == 0 {
+		return ""
+	}
+	counts := map[db.BuildStatus]int{}
+	for _, b := range bs {
+		counts[b.Status]++
+	}
+	var parts []string
+	for _, s := range []db.BuildStatus{db.BuildQueued, db.BuildBuilding, db.BuildSucceeded, db.BuildCached, db.BuildFailed, db.BuildDependencyFailed, db.BuildAborted} {
+		if counts[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[s], s))
+		}
+	}
+	return fmt.Sprintf(", %d builds (%s)", len(bs), strings.Join(parts, ", "))
+}
+
+func newProjectShowCommand(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ORG/PROJECT",
+		Short: "Print the project's latest evaluation: entry points, builds and outputs",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			org, name, err := splitProject(args[0])
+			if err != nil {
+				return err
+			}
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			p, err := cl.Project(cmd.Context(), org, name)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if p.LastEvaluation == 0 {
+				if cf.json {
+					return printJSON(out, p)
+				}
+				fmt.Fprintf(out, "project %s/%s (%s) has no evaluation yet: run 'gradient project evaluate %s/%s'\n", org, name, p.FlakeRef, org, name)
+				return nil
+			}
+			e, err := cl.Evaluation(cmd.Context(), p.LastEvaluation)
+			if err != nil {
+				return err
+			}
+			bs, err := cl.Builds(cmd.Context(), e.ID)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(out, projectShowJSON{Project: p, Evaluation: e, Builds: bs})
+			}
+			printEvaluation(out, e, bs)
+			return nil
+		},
+	}
+}
+
+// projectShowJSON is what `project show --json` prints: the API's project,
+// latest evaluation and that evaluation's builds.
+type projectShowJSON struct {
+	Project    db.Project    `json:"project"`
+	Evaluation db.Evaluation `json:"evaluation"`
+	Builds     []db.Build    `json:"builds"`
+}
+
+func printEvaluation(w io.Writer, e db.Evaluation, bs []db.Build) {
+	fmt.Fprintf(w, "evaluation %d of %s/%s: %s\n", e.ID, e.Org, e.Project, e.Status)
+	fmt.Fprintf(w, "flake: %s\n", e.FlakeRef)
+	if e.Flake.LockedURL != "" {
+		fmt.Fprintf(w, "locked: %s\n", e.Flake.LockedURL)
+	}
+	if e.Error != "" {
+		fmt.Fprintf(w, "error: %s\n", e.Error)
+	}
+
+	byID := map[uint64]db.Build{}
+	for _, b := range bs {
+		byID[b.ID] = b
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ATTRIBUTE\tBUILD\tSTATUS\tOUTPUTS")
+	for _, ep := range e.Results {
+		if ep.EvalError != "" {
+			fmt.Fprintf(tw, "%s\t-\teval error\t-\n", ep.Attr)
+			continue
+		}
+		b, ok := byID[ep.BuildID]
+		if !ok {
+			fmt.Fprintf(tw, "%s\t-\tpending\t-\n", ep.Attr)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", ep.Attr, b.ID, b.Status, outputList(b.Outputs))
+	}
+	tw.Flush()
+
+	for _, ep := range e.Results {
+		if ep.EvalError != "" {
+			fmt.Fprintf(w, "\n%s failed to evaluate:\n%s\n", ep.Attr, indent(ep.EvalError))
+			continue
+		}
+		b := byID[ep.BuildID]
+		switch b.Status {
+		case db.BuildFailed:
+			fmt.Fprintf(w, "\n%s: build %d failed: %s\n  see: gradient build log %d\n", ep.Attr, b.ID, b.Error, b.ID)
+		case db.BuildDependencyFailed:
+			fmt.Fprintf(w, "\n%s: build %d not run because dependency %s failed\n", ep.Attr, b.ID, b.FailedDependency)
+		}
+	}
+}
+
+func outputList(outputs map[string]string) string {
+	names := make([]string, 0, len(outputs))
+	for n := range outputs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, outputs[n])
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, " ")
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ")
+}
+
+func newProjectListCommand(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list [ORG]",
+		Short: "List projects",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			org := ""
+			if len(args) == 1 {
+				org = args[0]
+			}
+			ps, err := cl.Projects(cmd.Context(), org)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), ps)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PROJECT\tFLAKE\tENTRY POINTS\tLAST EVALUATION")
+			for _, p := range ps {
+				fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d\n", p.Org, p.Name, p.FlakeRef, strings.Join(p.EntryPoints, ","), p.LastEvaluation)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
