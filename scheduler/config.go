@@ -72,6 +72,24 @@ type Config struct {
 	// moving average kept per pname and system. Default 0.3, in (0, 1].
 	HistoryWeight float64
 
+	// LocalityWindow is the number of ready derivations PolicyGradient
+	// compares by the bytes a free worker must fetch, when none of them is
+	// urgent. Default 64, at least 1; 1 turns the comparison off.
+	LocalityWindow int
+
+	// UrgencyMargin sets which derivations PolicyGradient assigns in
+	// priority order, wherever their inputs are: those whose priority is
+	// at least 1 - UrgencyMargin times the estimated time left. Default
+	// 0.25, in [0, 1].
+	UrgencyMargin float64
+
+	// HoldThreshold lets PolicyGradient leave a derivation that is not
+	// urgent in the queue, while free slots could take every ready
+	// derivation, when a busy worker lacks fewer of its inputs than any
+	// free worker, and the difference takes longer than HoldThreshold to
+	// fetch at FetchBandwidth. Default 10s, not negative.
+	HoldThreshold time.Duration
+
 	// JobIDPrefix starts every job ID, which continues with a counter from
 	// 1. A node that restarts should pick a new prefix so job IDs stay
 	// unique in its database. Default "job-".
@@ -87,6 +105,9 @@ const (
 	DefaultMaxJobLength   = 100
 	DefaultHistoryWeight  = 0.3
 	DefaultJobIDPrefix    = "job-"
+	DefaultLocalityWindow = 64
+	DefaultHoldThreshold  = 10 * time.Second
+	DefaultUrgencyMargin  = 0.25
 )
 
 // withDefaults returns a copy of c with every zero field set to its
@@ -113,6 +134,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HistoryWeight == 0 {
 		c.HistoryWeight = DefaultHistoryWeight
+	}
+	if c.LocalityWindow == 0 {
+		c.LocalityWindow = DefaultLocalityWindow
+	}
+	if c.UrgencyMargin == 0 {
+		c.UrgencyMargin = DefaultUrgencyMargin
+	}
+	if c.HoldThreshold == 0 {
+		c.HoldThreshold = DefaultHoldThreshold
 	}
 	if c.JobIDPrefix == "" {
 		c.JobIDPrefix = DefaultJobIDPrefix
@@ -144,6 +174,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxAttempts %d is below 1", ErrInvalidConfig, c.MaxAttempts)
 	case c.MaxJobLength < 1:
 		return fmt.Errorf("%w: MaxJobLength %d is below 1", ErrInvalidConfig, c.MaxJobLength)
+	case c.HoldThreshold < 0:
+		return fmt.Errorf("%w: HoldThreshold %v is negative", ErrInvalidConfig, c.HoldThreshold)
+	case c.LocalityWindow < 1:
+		return fmt.Errorf("%w: LocalityWindow %d is below 1", ErrInvalidConfig, c.LocalityWindow)
+	case !(c.UrgencyMargin >= 0 && c.UrgencyMargin <= 1):
+		return fmt.Errorf("%w: UrgencyMargin %v is not in [0, 1]", ErrInvalidConfig, c.UrgencyMargin)
 	case !(c.HistoryWeight > 0 && c.HistoryWeight <= 1):
 		return fmt.Errorf("%w: HistoryWeight %v is not in (0, 1]", ErrInvalidConfig, c.HistoryWeight)
 	}

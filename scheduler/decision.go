@@ -111,6 +111,10 @@ type Score struct {
 	Speed float64
 	// Total is FetchSeconds plus BuildSeconds.
 	Total float64
+	// Urgent is set when the job was on or near the estimated critical
+	// path, so PolicyGradient took it in priority order rather than for
+	// the locality of its inputs. Always set under the other policies.
+	Urgent bool
 	// Candidates is the number of workers with a free slot, the system and
 	// the features the job needs, the chosen one included.
 	Candidates int

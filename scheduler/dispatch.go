@@ -9,34 +9,140 @@ import (
 // dispatch assigns ready derivations to free slots until no ready
 // derivation fits a free slot.
 func (s *Scheduler) dispatch(now time.Time) {
+	s.round++
 	for {
-		d := s.pickNext()
-		if d == nil {
+		q := s.pickQueue()
+		if q == nil {
 			return
 		}
-		s.assign(d, now)
+		d, urgent := s.choose(q)
+		if d == nil {
+			q.heldRound = s.round
+			continue
+		}
+		s.assign(d, urgent, now)
 	}
 }
 
-// pickNext returns the ready derivation to assign next, or nil. Among the
-// tops of the queues whose class a free worker can build, the project with
-// the fewest running jobs per share goes first, then the policy's order.
-func (s *Scheduler) pickNext() *drv {
-	var best *drv
+// pickQueue returns the ready queue to take the next job from, or nil.
+// Among the queues whose class a free worker can build, the project with
+// the fewest running jobs per share goes first, then the policy's order
+// of the queues' tops.
+func (s *Scheduler) pickQueue() *readyQueue {
+	var best *readyQueue
 	bestUsage := math.Inf(1)
 	for _, c := range s.classOrder {
 		if c.ready == 0 || !s.classHasFreeWorker(c) {
 			continue
 		}
 		for _, q := range c.queues {
-			if len(q.items) == 0 {
+			if len(q.items) == 0 || q.heldRound == s.round {
 				continue
 			}
-			top := q.items[0]
 			usage := float64(q.project.running) / q.project.share
-			if best == nil || usage < bestUsage || usage == bestUsage && s.less(top, best) {
-				best, bestUsage = top, usage
+			if best == nil || usage < bestUsage || usage == bestUsage && s.less(q.items[0], best.items[0]) {
+				best, bestUsage = q, usage
 			}
+		}
+	}
+	return best
+}
+
+// choose returns the derivation of q to assign next, or nil when every
+// candidate should wait for a busy worker. Under PolicyGradient, unless
+// q's top is urgent, the candidates are the first Config.LocalityWindow
+// derivations of q, or all of them when every one fits a free slot now,
+// and the one whose inputs a free worker lacks the fewest bytes of wins:
+// a job that is not urgent can wait without delaying the end of the
+// evaluations.
+func (s *Scheduler) choose(q *readyQueue) (d *drv, urgent bool) {
+	top := q.items[0]
+	if s.cfg.Policy != PolicyGradient || s.urgent(top) {
+		return top, true
+	}
+
+	s.free = s.free[:0]
+	freeSlots := 0
+	for _, w := range s.workers {
+		if w.free() > 0 && w.canRun(top.class) {
+			s.free = append(s.free, w)
+			freeSlots += w.free()
+		}
+	}
+
+	// With a slot free for every ready derivation there is no queue to
+	// shorten, so a derivation may wait for the busy worker that holds
+	// its inputs.
+	spare := top.class.ready <= freeSlots
+	window := q.items
+	if !spare {
+		// The first entries of the heap's array are its top levels: not
+		// exactly the highest priorities, but all high ones.
+		window = q.items[:min(len(q.items), s.cfg.LocalityWindow)]
+	}
+
+	var best *drv
+	var bestBytes uint64
+	for _, d := range window {
+		bytes := s.minFetch(d, s.free)
+		if spare && s.hold(d, bytes) {
+			continue
+		}
+		if best == nil || bytes < bestBytes || bytes == bestBytes && s.less(d, best) {
+			best, bestBytes = d, bytes
+		}
+	}
+	return best, false
+}
+
+// hold reports whether d, which is not urgent, should wait for a busy
+// worker that lacks fewer of its inputs than the best free worker, which
+// lacks freeBytes, because that saves fetching for longer than
+// Config.HoldThreshold.
+func (s *Scheduler) hold(d *drv, freeBytes uint64) bool {
+	threshold := s.cfg.HoldThreshold.Seconds() * s.cfg.FetchBandwidth
+	if float64(freeBytes) <= threshold || s.urgent(d) {
+		return false
+	}
+	s.busy = s.busy[:0]
+	for _, w := range s.workers {
+		if w.free() == 0 && w.canRun(d.class) {
+			s.busy = append(s.busy, w)
+		}
+	}
+	busyBytes := s.minFetch(d, s.busy)
+	return busyBytes < freeBytes && float64(freeBytes-busyBytes) > threshold
+}
+
+// urgent reports whether d is on or near the estimated critical path: its
+// priority is at least 1 - Config.UrgencyMargin times the estimated time
+// left, the larger of the highest priority and the remaining work spread
+// over all slots.
+func (s *Scheduler) urgent(d *drv) bool {
+	left := d.priority
+	if s.capacity > 0 {
+		left = max(left, s.remainingWork/s.capacity)
+	}
+	return d.priority >= (1-s.cfg.UrgencyMargin)*left
+}
+
+// minFetch returns the fewest bytes of d's inputs that one of workers
+// lacks, or math.MaxUint64 for no workers.
+func (s *Scheduler) minFetch(d *drv, workers []*worker) uint64 {
+	best := uint64(math.MaxUint64)
+	for _, w := range workers {
+		var bytes uint64
+		for _, in := range d.inputs {
+			if !w.hasOutputs(in) {
+				bytes += in.outputSize
+				if bytes >= best {
+					break
+				}
+			}
+		}
+		best = min(best, bytes)
+		if best == 0 {
+			break
 		}
 	}
 	return best
@@ -53,7 +159,7 @@ func (s *Scheduler) classHasFreeWorker(c *class) bool {
 
 // assign makes a job of the ready d, extended by the chain it starts
 // under PolicyGradient, and places it on a free worker.
-func (s *Scheduler) assign(d *drv, now time.Time) {
+func (s *Scheduler) assign(d *drv, urgent bool, now time.Time) {
 	chain := []*drv{d}
 	if s.cfg.Policy == PolicyGradient {
 		chain = s.extendChain(chain)
@@ -61,6 +167,7 @@ func (s *Scheduler) assign(d *drv, now time.Time) {
 
 	inputs := s.externalInputs(chain)
 	w, score := s.place(chain, inputs)
+	score.Urgent = urgent
 
 	s.nextJob++
 	j := &job{

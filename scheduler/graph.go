@@ -52,11 +52,13 @@ func (s *Scheduler) AddGraph(g Graph, now time.Time) ([]Decision, error) {
 
 	created := s.createDerivations(g, order, e)
 	s.rank(created)
+	var ready []*drv
 	for _, d := range created {
 		if d.state == StateWaiting && d.missing == 0 {
-			s.enqueue(d, now)
+			ready = append(ready, d)
 		}
 	}
+	s.enqueueAll(ready, now)
 	for _, d := range nowCached {
 		if !d.state.terminal() && d.state != StateAssigned {
 			s.markBuilt(d, true, now)
@@ -159,6 +161,8 @@ func (s *Scheduler) createDerivations(g Graph, order []int, e *evaluation) []*dr
 			continue
 		}
 		e.pending++
+		d.inWork = true
+		s.remainingWork += d.estimate
 		created = append(created, d)
 	}
 	return created
@@ -294,16 +298,18 @@ func (s *Scheduler) markBuilt(d *drv, cached bool, now time.Time) {
 	d.reason = ""
 	done := s.settle(d, nil)
 
+	var ready []*drv
 	for _, dep := range d.dependents {
 		if dep.removed || dep.state.terminal() {
 			continue
 		}
 		dep.missing--
 		if dep.missing == 0 && dep.state == StateWaiting {
-			s.enqueue(dep, now)
+			ready = append(ready, dep)
 		}
 	}
 	d.dependents = nil
+	s.enqueueAll(ready, now)
 
 	for _, e := range done {
 		s.finishEval(e)
@@ -351,6 +357,7 @@ func (s *Scheduler) markFailed(d *drv, reason string) {
 // settle counts the now terminal d in its evaluations and appends to done
 // those that have nothing pending any more.
 func (s *Scheduler) settle(d *drv, done []*evaluation) []*evaluation {
+	s.leaveWork(d)
 	for _, e := range d.evals {
 		e.count(d)
 		e.pending--
@@ -367,10 +374,41 @@ func (s *Scheduler) finishEval(e *evaluation) {
 	delete(s.evals, e.id)
 	s.emit(e.done)
 
+	// With no other evaluation left, nothing refers to the derivations
+	// any more, and a new map is much cheaper than visiting each, which
+	// matters for graphs of 100,000 derivations.
+	if len(s.evals) == 0 {
+		s.drvs = make(map[string]*drv)
+		return
+	}
+
+	orphans := 0
 	for _, d := range e.drvs {
+		if len(d.evals) == 1 {
+			d.evals = nil
+			orphans++
+			continue
+		}
 		d.evals = slices.DeleteFunc(d.evals, func(x *evaluation) bool { return x == e })
+	}
+
+	// When e held every derivation, a new map is cheaper than deleting
+	// each entry.
+	if orphans == len(s.drvs) {
+		s.drvs = make(map[string]*drv)
+		return
+	}
+	for _, d := range e.drvs {
 		if len(d.evals) == 0 && s.drvs[d.path] == d {
 			delete(s.drvs, d.path)
 		}
+	}
+}
+
+// leaveWork takes d's estimate out of the remaining work, once.
+func (s *Scheduler) leaveWork(d *drv) {
+	if d.inWork {
+		d.inWork = false
+		s.remainingWork -= d.estimate
 	}
 }

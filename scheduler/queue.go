@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"container/heap"
+	"slices"
 	"time"
 )
 
@@ -11,6 +12,9 @@ type readyQueue struct {
 	project *project
 	items   []*drv
 	less    func(a, b *drv) bool
+	// heldRound is the dispatch round in which every candidate of the
+	// queue chose to wait for a busy worker.
+	heldRound uint64
 }
 
 func (q *readyQueue) Len() int           { return len(q.items) }
@@ -89,18 +93,55 @@ func (s *Scheduler) queueFor(d *drv) *readyQueue {
 // enqueue makes d ready and queues it, or postpones it while a peer is
 // building it.
 func (s *Scheduler) enqueue(d *drv, now time.Time) {
+	if s.makeReady(d, now) {
+		s.pushReady(d)
+	}
+}
+
+// enqueueAll enqueues every derivation of ds. For a large batch it
+// appends to the queues and restores their heap order once, which takes
+// linear time instead of a logarithmic time per derivation.
+func (s *Scheduler) enqueueAll(ds []*drv, now time.Time) {
+	if len(ds) < 64 {
+		for _, d := range ds {
+			s.enqueue(d, now)
+		}
+		return
+	}
+
+	var touched []*readyQueue
+	for _, d := range ds {
+		if !s.makeReady(d, now) {
+			continue
+		}
+		q := s.queueFor(d)
+		if !slices.Contains(touched, q) {
+			touched = append(touched, q)
+		}
+		d.heapIndex = len(q.items)
+		q.items = append(q.items, d)
+		d.class.ready++
+	}
+	for _, q := range touched {
+		heap.Init(q)
+	}
+}
+
+// makeReady sets d ready and reports true, or postpones it while a peer
+// is building it and reports false.
+func (s *Scheduler) makeReady(d *drv, now time.Time) bool {
 	if !d.postponedUntil.IsZero() && now.Before(d.postponedUntil) {
 		d.state = StatePostponed
-		return
+		return false
 	}
 	d.state = StateReady
 	s.seq++
 	d.readySeq = s.seq
-	s.pushReady(d)
 
 	if !s.classHasWorker(d.class) {
 		s.setNoWorker(d)
 	}
+	return true
 }
 
 // pushReady adds a ready d to the queue of its class and owning project.

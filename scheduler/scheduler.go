@@ -37,6 +37,16 @@ type Scheduler struct {
 	// postponed lists derivations that PeerBuilding postponed, for Tick.
 	postponed []*drv
 
+	// remainingWork is the sum of the estimates of the derivations that
+	// are not terminal, in seconds at speed 1, and capacity the sum of the
+	// workers' slots times speed. Their ratio estimates the time left.
+	remainingWork float64
+	capacity      float64
+	// free and busy are scratch space for choose and hold.
+	free, busy []*worker
+	// round counts dispatch calls.
+	round uint64
+
 	nextJob uint64
 	seq     uint64
 	// stamp is bumped by each walk that marks derivations it visited.
@@ -103,6 +113,7 @@ func (s *Scheduler) AddWorker(w Worker, now time.Time) ([]Decision, error) {
 	}
 	nw := &worker{Worker: w, speed: speed, store: make(map[string]struct{})}
 	s.workers = slices.Insert(s.workers, i, nw)
+	s.capacity += float64(nw.Slots) * nw.speed
 
 	// Derivations that had no worker now wait for a slot.
 	for _, c := range s.classOrder {
@@ -138,6 +149,7 @@ func (s *Scheduler) RemoveWorker(id string, now time.Time) ([]Decision, error) {
 		s.releaseJob(w.jobs[0], false, now)
 	}
 	s.workers = slices.Delete(s.workers, i, i+1)
+	s.capacity -= float64(w.Slots) * w.speed
 
 	// Report ready derivations that no remaining worker can build.
 	for _, c := range s.classOrder {
@@ -341,6 +353,7 @@ func (s *Scheduler) CancelEvaluation(evalID string, now time.Time) ([]Decision, 
 			s.dequeue(d)
 		}
 		d.removed = true
+		s.leaveWork(d)
 		if s.drvs[d.path] == d {
 			delete(s.drvs, d.path)
 		}

@@ -60,6 +60,8 @@ type drv struct {
 
 	// estimate is the estimated build time in seconds at speed 1.
 	estimate float64
+	// inWork is set while estimate counts in Scheduler.remainingWork.
+	inWork bool
 	// priority is the estimated critical path in seconds from the start of
 	// this derivation to the end of its evaluations.
 	priority float64
