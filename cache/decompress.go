@@ -13,8 +13,10 @@ import (
 
 // maxDecoderWindow bounds the memory one upload may make a decompressor
 // allocate for its window or dictionary: 64 MiB, the dictionary of
-// "xz -9". zstd levels up to 19 use at most 8 MiB, so only uploads made
-// with zstd's ultra levels (20 to 22) are rejected.
+// "xz -9", the largest xz preset.
+//
+// NOTE: zstd's ultra levels and long-distance mode can use larger
+// windows, and uploads compressed that way are rejected.
 const maxDecoderWindow = 64 << 20
 
 // errDecoderLimit is wrapped when a compressed upload needs a larger
@@ -61,9 +63,8 @@ var xzMagic = []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}
 
 // checkXZDictionaries walks the container structure of an .xz file and
 // checks that every block uses only the LZMA2 filter with a dictionary of
-// at most maxDict bytes. github.com/ulikunitz/xz allocates whatever
-// dictionary a block header asks for, up to 4 GiB, so this walk runs
-// first. It reads the headers and skips the compressed data using the
+// at most maxDict bytes. github.com/ulikunitz/xz allocates the dictionary
+// size a block header names, up to 4 GiB, so this walk runs first. It reads the headers and skips the compressed data using the
 // sizes in the LZMA2 chunk headers. Checksums are left to the decoder.
 func checkXZDictionaries(r io.Reader, maxDict int64) error {
 	br := bufio.NewReader(r)

@@ -118,8 +118,8 @@ func (e *nixEnv) run(ctx context.Context, store string, args ...string) (stdout,
 	return out.String(), errOut.String(), err
 }
 
-// build builds testDerivations into store and returns the output paths of
-// the dependency and the top derivation.
+// build builds testDerivations into store and returns the output path of
+// the top derivation.
 func (e *nixEnv) build(ctx context.Context, store string) (top string) {
 	e.t.Helper()
 

@@ -60,7 +60,7 @@ type HandlerOptions struct {
 //	PUT  <hash>.narinfo          authorized, after its NAR
 //
 // Unknown paths and store paths the cache does not hold get 404 with an
-// empty body. Paths with ".." segments get 400.
+// empty body. Paths with empty, "." or ".." segments get 400.
 func (s *Store) Handler(opts HandlerOptions) http.Handler {
 	return &handler{store: s, opts: opts}
 }
@@ -213,8 +213,8 @@ func writeBody(w http.ResponseWriter, r *http.Request, contentType string, body 
 	}
 }
 
-// notFound sends 404 with an empty body, which Nix reads as "no such
-// file" without printing it.
+// notFound sends 404 with an empty body, which nix reads as a missing
+// file.
 func notFound(w http.ResponseWriter) {
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusNotFound)

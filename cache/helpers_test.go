@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
+	"github.com/gradient-ci/gradient/cache/narinfo"
 	"github.com/gradient-ci/gradient/protocol"
 )
 
@@ -43,10 +45,11 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func openTestDB(t *testing.T) *badger.DB {
+func openTestDB(t testing.TB) *badger.DB {
 	t.Helper()
 
-	db, err := badger.Open(badger.DefaultOptions("").WithInMemory(true).WithLogger(nil))
+	db, err := badger.Open(badger.DefaultOptions("").WithInMemory(true).WithLogger(nil).
+		WithMemTableSize(8 << 20).WithBlockCacheSize(1 << 20))
 	if err != nil {
 		t.Fatalf("badger.Open: %v", err)
 	}
@@ -56,13 +59,13 @@ func openTestDB(t *testing.T) *badger.DB {
 	return db
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
 // newTestStore opens a Store on an in-memory badger and a temporary
 // directory. modify may change the config before New.
-func newTestStore(t *testing.T, modify func(*Config)) *Store {
+func newTestStore(t testing.TB, modify func(*Config)) *Store {
 	t.Helper()
 
 	cfg := Config{
@@ -120,4 +123,8 @@ func pathInfoFor(hashPart, name string, narBytes []byte, refs ...string) protoco
 		NarSize:    uint64(len(narBytes)),
 		References: refs,
 	}
+}
+
+func parseNarInfoString(s string) (*narinfo.NarInfo, error) {
+	return narinfo.Parse(strings.NewReader(s))
 }

@@ -85,7 +85,7 @@ func (s *Store) narInfoFromPathInfo(info protocol.PathInfo) (*narinfo.NarInfo, e
 		return nil, &narinfo.FieldError{Field: "StorePath", Err: err}
 	}
 
-	narHash, err := nixhash.ParseAny(info.NarHash, nil)
+	narHash, err := narinfo.ParseHash(info.NarHash)
 	if err != nil || narHash.Algo() != nixhash.SHA256 {
 		return nil, &narinfo.FieldError{Field: "NarHash", Err: fmt.Errorf("%q is not a SHA-256 hash", info.NarHash)}
 	}
@@ -262,9 +262,8 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// narFileName returns the file name of a NAR whose file hash, as
-// "sha256:<nix32>", is fileHash: the nix32 digest and ext, as Nix names
-// the NARs it uploads.
+// narFileName returns "<nix32 digest><ext>" for a file hash written as
+// "sha256:<nix32 digest>", the name nix gives the NARs it uploads.
 func narFileName(fileHash, ext string) string {
 	return fileHash[len("sha256:"):] + ext
 }

@@ -22,8 +22,7 @@ const (
 	// DefaultName is the name of the cache when Config.Name is empty.
 	DefaultName = "main"
 	// DefaultPriority is the nix-cache-info priority when Config.Priority
-	// is zero. Nix prefers caches with a lower number, and
-	// cache.nixos.org uses 40.
+	// is zero. Nix prefers caches with a lower number.
 	DefaultPriority = 40
 	// DefaultStoreDir is the Nix store directory when Config.StoreDir is
 	// empty.
@@ -41,8 +40,9 @@ var (
 	// does not hold.
 	ErrNotFound = errors.New("not in cache")
 
-	// ErrHashMismatch is wrapped by PutNAR and uploads when a NAR does
-	// not match the NarHash, NarSize, FileHash or FileSize given for it.
+	// ErrHashMismatch is wrapped by PutNAR when a NAR does not match the
+	// NarHash or NarSize given for it. Uploads over HTTP get a 400
+	// response instead.
 	ErrHashMismatch = errors.New("NAR does not match its path info")
 
 	// ErrTooLarge is wrapped when a NAR exceeds Config.MaxNARSize.
@@ -51,7 +51,8 @@ var (
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
-// Clock returns the current time. Tests replace it to age uploads.
+// Clock is the source of the current time, replaced in tests to age
+// uploads.
 type Clock interface {
 	Now() time.Time
 }
@@ -65,7 +66,8 @@ type Config struct {
 	// Name identifies the cache in badger keys and logs. It defaults to
 	// "main" and may contain letters, digits, ".", "_" and "-".
 	Name string
-	// Dir is the directory for NAR files, created if missing. Required.
+	// Dir is the directory for NAR files and unfinished uploads, created
+	// if missing. Required.
 	Dir string
 	// SecretKey signs every narinfo the cache stores, in Nix's
 	// "<name>:<base64>" format (see GenerateKey). Required.

@@ -33,6 +33,7 @@ func badRequest(format string, args ...any) error {
 
 func (h *handler) serveUpload(w http.ResponseWriter, r *http.Request, name string) {
 	if h.opts.Authorize == nil || !h.opts.Authorize(r) {
+		h.store.logger.Info("upload rejected without valid credentials", "path", r.URL.Path, "remote_addr", r.RemoteAddr)
 		w.Header().Set("WWW-Authenticate", `Basic realm="gradient cache `+h.store.cfg.Name+`"`)
 		httpError(w, http.StatusUnauthorized, "upload requires a valid token, sent as the HTTP Basic password")
 		return
@@ -312,8 +313,8 @@ func measureNAR(ctx context.Context, compression string, file io.ReadSeeker, nar
 	fileSize := &countingWriter{}
 	fileTee := io.TeeReader(contextReader{ctx: ctx, r: file}, io.MultiWriter(fileHash, fileSize))
 
-	// The decoder allocates the dictionary an xz block header asks for,
-	// so the headers are checked before any decoding.
+	// The decoder allocates the dictionary size named in each xz block
+	// header, so the headers are checked before any decoding.
 	if compression == "xz" {
 		if err := checkXZDictionaries(file, maxDecoderWindow); err != nil {
 			return narRecord{}, badRequest("narinfo field Compression: cannot decompress the NAR file as xz: %v", err)
