@@ -81,7 +81,8 @@ type Config struct {
 	// uploaded. It defaults to 64 GiB.
 	MaxNARSize int64
 	// UploadTTL is how long an uploaded NAR without a narinfo is kept
-	// before RemoveStaleUploads deletes it. It defaults to one hour.
+	// before RemoveStaleUploads deletes it. It defaults to one hour and
+	// must be at least one second.
 	UploadTTL time.Duration
 	// Clock defaults to the system clock.
 	Clock Clock
@@ -175,6 +176,10 @@ func (cfg *Config) setDefaults() error {
 
 	if cfg.UploadTTL == 0 {
 		cfg.UploadTTL = DefaultUploadTTL
+	}
+
+	if cfg.UploadTTL < time.Second {
+		return fmt.Errorf("open cache %q: UploadTTL %v is shorter than one second", cfg.Name, cfg.UploadTTL)
 	}
 
 	if cfg.Clock == nil {

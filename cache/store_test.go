@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -27,6 +28,7 @@ func TestNewRejectsConfig(t *testing.T) {
 		{name: "relative StoreDir", modify: func(c *Config) { c.StoreDir = "nix/store" }},
 		{name: "unclean StoreDir", modify: func(c *Config) { c.StoreDir = "/nix/store/" }},
 		{name: "negative MaxNARSize", modify: func(c *Config) { c.MaxNARSize = -1 }},
+		{name: "UploadTTL under a second", modify: func(c *Config) { c.UploadTTL = time.Millisecond }},
 	}
 
 	for _, tt := range tests {
@@ -225,4 +227,19 @@ func TestPutNARStopsOnCancel(t *testing.T) {
 
 	assertDirEmpty(t, s.tmpDir)
 	assertDirEmpty(t, s.narDir)
+}
+
+func TestRunStopsOnCancel(t *testing.T) {
+	s := newTestStore(t, nil)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+
+	go func() { done <- s.Run(ctx) }()
+
+	cancel()
+
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Run after cancel = %v, want context.Canceled", err)
+	}
 }

@@ -141,7 +141,7 @@ func (s *Store) putUploadedNarInfo(ctx context.Context, hashPart string, body io
 
 	claimed, err := s.claimUpload(fileName)
 	if errors.Is(err, fs.ErrNotExist) {
-		return s.reuseNAR(ni, fileName)
+		return s.reuseNAR(ctx, ni, fileName)
 	}
 
 	if err != nil {
@@ -252,11 +252,16 @@ func (s *Store) claimUpload(fileName string) (string, error) {
 
 // reuseNAR stores ni when its NAR was not uploaded but the cache already
 // holds a NAR of that name, which nix does when it finds the file with a
-// HEAD request. The stored record of the file must match ni.
-func (s *Store) reuseNAR(ni *narinfo.NarInfo, fileName string) error {
+// HEAD request. The record of the file must match ni.
+//
+// NOTE: when two narinfo uploads name the same new NAR at once, the one
+// that does not claim it may find it neither in incoming/ nor in nar/ yet,
+// and is rejected. nix uploads each NAR before its narinfo, so this needs
+// two paths with identical contents uploaded in parallel.
+func (s *Store) reuseNAR(ctx context.Context, ni *narinfo.NarInfo, fileName string) error {
 	record, err := s.narRecord(fileName)
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return badRequest("narinfo field URL: NAR %q was not uploaded, upload it before the narinfo", ni.URL)
+		record, err = s.measureStoredNAR(ctx, ni, fileName)
 	}
 
 	if err != nil {
@@ -277,6 +282,25 @@ func (s *Store) reuseNAR(ni *narinfo.NarInfo, fileName string) error {
 	s.logger.Info("stored uploaded path with an existing NAR", "store_path", ni.StorePath, "nar_file", fileName)
 
 	return nil
+}
+
+// measureStoredNAR measures a file in the nar directory that has no
+// record. A crash between moving a NAR into place and storing its
+// narinfo leaves such a file, and HEAD reports it, so nix does not upload
+// it again.
+func (s *Store) measureStoredNAR(ctx context.Context, ni *narinfo.NarInfo, fileName string) (narRecord, error) {
+	f, err := os.Open(filepath.Join(s.narDir, fileName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return narRecord{}, badRequest("narinfo field URL: NAR %q was not uploaded, upload it before the narinfo", ni.URL)
+	}
+
+	if err != nil {
+		return narRecord{}, err
+	}
+
+	defer f.Close()
+
+	return measureNAR(ctx, extensionCompression[narExtension(fileName)], f, ni.NarSize)
 }
 
 // verifyUploadedNAR decompresses the file at path with bounds, hashes both

@@ -411,3 +411,30 @@ func mustReadFile(t testing.TB, path string) []byte {
 
 	return data
 }
+
+func TestUploadAdoptsNARWithoutRecord(t *testing.T) {
+	s := newTestStore(t, nil)
+	srv := uploadServer(t, s)
+	dep := loadUpload(t, "zstd", depHash)
+
+	// A crash after moving a NAR into place and before storing its
+	// narinfo leaves the file without a record.
+	fileName := strings.TrimPrefix(dep.narURL, "nar/")
+	if err := os.WriteFile(filepath.Join(s.narDir, fileName), dep.nar, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, _ := do(t, http.MethodHead, srv.URL+"/"+dep.narURL, nil, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD %s = %d, want 200", dep.narURL, resp.StatusCode)
+	}
+
+	tampered := strings.Replace(dep.narInfo, "NarSize: 120", "NarSize: 121", 1)
+	if resp, body := put(t, srv.URL+"/"+dep.hashPart+".narinfo", []byte(tampered)); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "NarSize") {
+		t.Errorf("PUT narinfo with wrong NarSize for an unrecorded NAR = %d %q, want 400 naming NarSize", resp.StatusCode, body)
+	}
+
+	if resp, body := put(t, srv.URL+"/"+dep.hashPart+".narinfo", []byte(dep.narInfo)); resp.StatusCode != http.StatusOK {
+		t.Errorf("PUT narinfo for an unrecorded NAR = %d %q, want 200", resp.StatusCode, body)
+	}
+}
