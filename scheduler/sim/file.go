@@ -135,13 +135,11 @@ func truncate(s string) string {
 }
 
 // orderFileGraph converts file into a Graph whose derivations come after
-// their inputs, with Kahn's algorithm, and rejects cycles and inputs that
-// are missing from the file.
+// their inputs and otherwise keep their order in the file, and rejects
+// cycles and inputs that are missing from the file.
 func orderFileGraph(file GraphFile, index map[string]int) (*Graph, error) {
 	n := len(file.Derivations)
 	inputs := make([][]int, n)
-	users := make([][]int, n)
-	waiting := make([]int, n)
 	// seen[j] == i+1 when j is already an input of i.
 	seen := make([]int, n)
 	for i, d := range file.Derivations {
@@ -161,29 +159,43 @@ func orderFileGraph(file GraphFile, index map[string]int) (*Graph, error) {
 			}
 			seen[j] = i + 1
 			inputs[i] = append(inputs[i], j)
-			users[j] = append(users[j], i)
-			waiting[i]++
 		}
 	}
 
+	// Depth-first search in file order, with an explicit stack because a
+	// chain may be as deep as the graph is large. A derivation is placed
+	// after all its inputs; meeting one still on the stack is a cycle.
+	const (
+		unvisited = iota
+		onStack
+		placed
+	)
+	state := make([]uint8, n)
 	order := make([]int, 0, n)
-	for i := range n {
-		if waiting[i] == 0 {
-			order = append(order, i)
+	type frame struct{ node, next int }
+	var stack []frame
+	for root := range n {
+		if state[root] != unvisited {
+			continue
 		}
-	}
-	for next := 0; next < len(order); next++ {
-		for _, u := range users[order[next]] {
-			waiting[u]--
-			if waiting[u] == 0 {
-				order = append(order, u)
+		stack = append(stack[:0], frame{root, 0})
+		state[root] = onStack
+		for len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			if top.next == len(inputs[top.node]) {
+				state[top.node] = placed
+				order = append(order, top.node)
+				stack = stack[:len(stack)-1]
+				continue
 			}
-		}
-	}
-	if len(order) < n {
-		for i, w := range waiting {
-			if w > 0 {
-				return nil, fmt.Errorf("%w: %q is part of a dependency cycle", ErrInvalidGraphFile, truncate(file.Derivations[i].DrvPath))
+			in := inputs[top.node][top.next]
+			top.next++
+			switch state[in] {
+			case onStack:
+				return nil, fmt.Errorf("%w: %q is part of a dependency cycle", ErrInvalidGraphFile, truncate(file.Derivations[in].DrvPath))
+			case unvisited:
+				state[in] = onStack
+				stack = append(stack, frame{in, 0})
 			}
 		}
 	}

@@ -13,6 +13,7 @@
 package sim
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
@@ -96,6 +97,12 @@ type Result struct {
 	// CriticalPathS is the longest path of build times through the graph
 	// at the fastest worker's speed.
 	CriticalPathS float64 `json:"critical_path_s"`
+	// ReleaseBoundS is a lower bound at least as high as LowerBoundS: the
+	// largest, over times T, of T plus the work of the derivations whose
+	// inputs cannot all be built before T, divided by the sum over
+	// workers of cores times speed. It exposes graphs, like one with a
+	// long bootstrap chain, where LowerBoundS cannot be reached.
+	ReleaseBoundS float64 `json:"release_bound_s"`
 	// WorkPerSlotS is the sum of build times divided by the sum over
 	// workers of cores times speed.
 	WorkPerSlotS float64 `json:"work_per_slot_s"`
@@ -328,6 +335,24 @@ func (sm *simulation) lowerBound() {
 	sm.result.CriticalPathS = longest
 	sm.result.WorkPerSlotS = work / capacity
 	sm.result.LowerBoundS = max(longest, work/capacity)
+
+	// No derivation starts before its inputs can finish, at finish[i]
+	// minus its own time, so for any time T the work of the derivations
+	// that cannot start before T still has to run after T.
+	type release struct{ at, work float64 }
+	releases := make([]release, 0, len(sm.graph.Derivations))
+	for i, n := range sm.graph.Derivations {
+		if !n.Cached {
+			releases = append(releases, release{finish[i] - n.BuildTime/maxSpeed, n.BuildTime})
+		}
+	}
+	slices.SortFunc(releases, func(a, b release) int { return cmp.Compare(b.at, a.at) })
+	tight, after := sm.result.LowerBoundS, 0.0
+	for _, r := range releases {
+		after += r.work
+		tight = max(tight, r.at+after/capacity)
+	}
+	sm.result.ReleaseBoundS = tight
 }
 
 // history returns the estimates the scheduler starts with: one per pname,
