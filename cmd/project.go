@@ -199,8 +199,8 @@ func newProjectShowCommand(cf *clientFlags) *cobra.Command {
 	}
 }
 
-// projectShowJSON is what `project show --json` prints: the API's project,
-// latest evaluation and that evaluation's builds.
+// projectShowJSON is the output of `project show --json`: the API's
+// project, its latest evaluation and that evaluation's builds.
 type projectShowJSON struct {
 	Project    db.Project    `json:"project"`
 	Evaluation db.Evaluation `json:"evaluation"`

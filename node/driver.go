@@ -15,7 +15,7 @@ import (
 
 // driver owns the scheduler and every evaluation and build in progress.
 // One goroutine, Run, makes every scheduler call and every build record
-// update; evaluations and jobs run in goroutines of their own and hand
+// update. Evaluations and jobs run in goroutines of their own and hand
 // their results to Run as closures on the events channel.
 type driver struct {
 	log   *slog.Logger

@@ -12,7 +12,7 @@ type Org struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// Project points at a flake and says which of its outputs to build.
+// Project is a flake and the patterns of the outputs to build from it.
 type Project struct {
 	Org      string `json:"org"`
 	Name     string `json:"name"`
@@ -55,8 +55,8 @@ type Evaluation struct {
 	FlakeRef    string     `json:"flake"`
 	EntryPoints []string   `json:"entry_point_patterns"`
 	Status      EvalStatus `json:"status"`
-	// Error says why the whole evaluation failed, such as a flake that
-	// cannot be fetched; errors of single attributes are in Results.
+	// Error is the reason the whole evaluation failed, such as a flake
+	// that cannot be fetched. Errors of single attributes are in Results.
 	Error string `json:"error,omitempty"`
 	// Flake is the source as nix locked it, set once evaluation starts.
 	Flake protocol.LockedFlake `json:"locked_flake"`
