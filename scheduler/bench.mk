@@ -5,4 +5,4 @@
 # and fails when a goal is missed.
 .PHONY: bench-scheduler
 bench-scheduler:
-	go run ./scheduler/sim/simbench
+	$(GO) run ./scheduler/sim/simbench
