@@ -80,14 +80,15 @@ type Config struct {
 	// UrgencyMargin sets which derivations PolicyGradient assigns in
 	// priority order, wherever their inputs are: those whose priority is
 	// at least 1 - UrgencyMargin times the estimated time left. Default
-	// 0.25, in [0, 1].
+	// 0.25, in (0, 1].
 	UrgencyMargin float64
 
-	// HoldThreshold lets PolicyGradient leave a derivation that is not
-	// urgent in the queue, while free slots could take every ready
-	// derivation, when a busy worker lacks fewer of its inputs than any
-	// free worker, and the difference takes longer than HoldThreshold to
-	// fetch at FetchBandwidth. Default 10s, not negative.
+	// HoldThreshold is the fetch time PolicyGradient must save before a
+	// derivation that is not urgent waits for a busy worker. It waits only
+	// while the free slots could take every ready derivation, and only for
+	// a busy worker that lacks fewer bytes of its inputs than any free
+	// worker, by more than HoldThreshold at FetchBandwidth. Default 10s,
+	// not negative.
 	HoldThreshold time.Duration
 
 	// JobIDPrefix starts every job ID, which continues with a counter from
@@ -178,8 +179,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: HoldThreshold %v is negative", ErrInvalidConfig, c.HoldThreshold)
 	case c.LocalityWindow < 1:
 		return fmt.Errorf("%w: LocalityWindow %d is below 1", ErrInvalidConfig, c.LocalityWindow)
-	case !(c.UrgencyMargin >= 0 && c.UrgencyMargin <= 1):
-		return fmt.Errorf("%w: UrgencyMargin %v is not in [0, 1]", ErrInvalidConfig, c.UrgencyMargin)
+	case !(c.UrgencyMargin > 0 && c.UrgencyMargin <= 1):
+		return fmt.Errorf("%w: UrgencyMargin %v is not in (0, 1]", ErrInvalidConfig, c.UrgencyMargin)
 	case !(c.HistoryWeight > 0 && c.HistoryWeight <= 1):
 		return fmt.Errorf("%w: HistoryWeight %v is not in (0, 1]", ErrInvalidConfig, c.HistoryWeight)
 	}

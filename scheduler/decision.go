@@ -2,13 +2,13 @@ package scheduler
 
 import "time"
 
-// Decision is what an event makes the Scheduler decide. It is one of
+// Decision is the outcome of an event for the node to carry out: one of
 // Assign, Cancel, Waiting, DependencyFailed and EvaluationDone.
 type Decision interface {
 	isDecision()
 }
 
-// Assign asks the node to run a job on a worker: build DrvPaths in order,
+// Assign requests the node to run a job on a worker: build DrvPaths in order,
 // one after the other, and report each with DerivationBuilt or
 // DerivationFailed, then the end of the job with JobFinished. The job holds
 // one of the worker's slots until JobFinished or RemoveWorker.
@@ -22,7 +22,7 @@ type Assign struct {
 	Score Score
 }
 
-// Cancel asks the node to stop a job whose derivations no evaluation needs
+// Cancel requests the node to stop a job whose derivations no evaluation needs
 // any more. The job keeps its slot until JobFinished.
 type Cancel struct {
 	JobID    string
@@ -51,7 +51,7 @@ type DependencyFailed struct {
 
 // EvaluationDone reports that every derivation of an evaluation is built,
 // cached, failed or cannot be built because an input failed. The
-// Scheduler forgets the evaluation afterwards.
+// Scheduler drops the evaluation afterwards.
 type EvaluationDone struct {
 	EvalID string
 	// Built counts the derivations built by a job, including those built
@@ -73,7 +73,7 @@ func (Waiting) isDecision()          {}
 func (DependencyFailed) isDecision() {}
 func (EvaluationDone) isDecision()   {}
 
-// WaitReason says why a derivation is not being built.
+// WaitReason is the reason a derivation is not being built.
 type WaitReason string
 
 const (

@@ -49,12 +49,12 @@ func (s *Scheduler) pickQueue() *readyQueue {
 }
 
 // choose returns the derivation of q to assign next, or nil when every
-// candidate should wait for a busy worker. Under PolicyGradient, unless
-// q's top is urgent, the candidates are the first Config.LocalityWindow
-// derivations of q, or all of them when every one fits a free slot now,
-// and the one whose inputs a free worker lacks the fewest bytes of wins:
-// a job that is not urgent can wait without delaying the end of the
-// evaluations.
+// candidate should wait for a busy worker. Other policies, and
+// PolicyGradient when q's top is urgent, take the top. Otherwise the
+// candidates are the first Config.LocalityWindow derivations of q, or all
+// of them when every one fits a free slot now. The candidate whose inputs
+// a free worker lacks the fewest bytes of wins, because a job that is not
+// urgent can wait without delaying the end of the evaluations.
 func (s *Scheduler) choose(q *readyQueue) (d *drv, urgent bool) {
 	top := q.items[0]
 	if s.cfg.Policy != PolicyGradient || s.urgent(top) {

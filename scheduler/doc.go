@@ -1,11 +1,12 @@
 // Package scheduler decides which worker builds which derivation, and when.
 //
-// A Scheduler is a deterministic state machine. The node feeds it events
-// (an evaluation's derivation graph, workers joining and leaving, jobs
-// starting, derivations built or failed, store contents, the passing of
-// time) and every event method returns the decisions the event caused:
-// assign a job to a worker, cancel a job, report a derivation that waits or
-// can never be built, report an evaluation that is done. The Scheduler
+// A Scheduler is a deterministic state machine. The node feeds it events:
+// an evaluation's derivation graph, workers joining and leaving, jobs
+// starting, derivations built or failed, store contents and the passing of
+// time. Every event method returns the decisions the event caused, such
+// as assigning a job to a worker, cancelling a job, or reporting a
+// derivation that waits or can never be built, or an evaluation that is
+// done. The Scheduler
 // starts no goroutines, opens no sockets and never reads the clock: time
 // comes in as an argument. The same events in the same order therefore
 // always produce the same decisions, which the data-driven tests in
@@ -25,10 +26,14 @@
 // one before and has no other missing input becomes one job, so the
 // chain's intermediate outputs are built where they are used.
 //
-// A job goes to a worker with a free slot that has the system and the
-// features it needs, choosing the lowest Score: the seconds needed to fetch
-// the input outputs missing from the worker's store, plus the estimated
-// build time divided by the worker's speed.
+// A derivation whose priority is close to the estimated time left is
+// urgent: it goes first, to the worker with a free slot, the system and
+// the features it needs and the lowest Score. The Score is the seconds
+// needed to fetch the input outputs missing from the worker's store, plus
+// the estimated build time divided by the worker's speed. Derivations that
+// are not urgent are taken by the bytes a free worker lacks of their
+// inputs, and while slots are idle anyway they wait for a busy worker that
+// holds their inputs, see Config.HoldThreshold.
 //
 // # Fairness
 //

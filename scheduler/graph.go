@@ -368,8 +368,8 @@ func (s *Scheduler) settle(d *drv, done []*evaluation) []*evaluation {
 	return done
 }
 
-// finishEval reports e done and forgets it, and with it the derivations
-// no other evaluation contains.
+// finishEval reports e done and drops it, with the derivations no other
+// evaluation contains.
 func (s *Scheduler) finishEval(e *evaluation) {
 	delete(s.evals, e.id)
 	s.emit(e.done)

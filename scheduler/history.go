@@ -28,9 +28,9 @@ type historyValue struct {
 	samples int
 }
 
-// PName returns a derivation name without its version, the way Nix splits
-// a name: the version starts at the first dash that is followed by a
-// character other than a letter. PName("hello-2.12") is "hello", and
+// PName returns a derivation name without its version, split the way
+// Nix's DrvName does (src/libstore/names.cc): the version starts at the
+// first dash that is followed by a character other than a letter. PName("hello-2.12") is "hello", and
 // PName("gcc-wrapper-13.2.0") is "gcc-wrapper".
 func PName(name string) string {
 	for i := 0; i+1 < len(name); i++ {

@@ -167,8 +167,8 @@ func (s *Scheduler) RemoveWorker(id string, now time.Time) ([]Decision, error) {
 	return s.take(), nil
 }
 
-// ReportStore replaces what the Scheduler knows of a worker's store with
-// paths, the store paths the worker reports it holds. Placement prefers
+// ReportStore replaces the Scheduler's record of a worker's store with
+// paths, the store paths the worker reports it contains. Placement prefers
 // workers that hold a job's inputs. The Scheduler adds the outputs of the
 // jobs it assigns to the worker on its own, until the next report.
 func (s *Scheduler) ReportStore(workerID string, paths []string) error {
@@ -322,7 +322,7 @@ func (s *Scheduler) PeerBuilt(drvPath string, now time.Time) []Decision {
 	return s.take()
 }
 
-// CancelEvaluation forgets an evaluation. Derivations that no other
+// CancelEvaluation drops an evaluation. Derivations that no other
 // evaluation contains are dropped, and each job all of whose derivations
 // are dropped gets a Cancel decision. No EvaluationDone follows.
 func (s *Scheduler) CancelEvaluation(evalID string, now time.Time) ([]Decision, error) {

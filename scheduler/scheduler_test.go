@@ -85,10 +85,10 @@ func TestSketchEstimate(t *testing.T) {
 }
 
 // TestRandomEvents drives the scheduler with random graphs and random
-// worker behaviour and checks the invariants after every event: no slot
-// is overbooked, no derivation is assigned twice at once, a derivation is
+// worker behaviour and checks invariants after every event. No slot is
+// overbooked and no derivation is assigned twice at once. A derivation is
 // assigned only when its inputs are built or are earlier links of the same
-// job, and every evaluation ends with EvaluationDone.
+// job. Every evaluation ends with EvaluationDone.
 func TestRandomEvents(t *testing.T) {
 	for seed := uint64(1); seed <= 30; seed++ {
 		for _, policy := range Policies {

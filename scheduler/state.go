@@ -2,7 +2,7 @@ package scheduler
 
 import "time"
 
-// State is where a derivation is in its life.
+// State is the stage of a derivation's life.
 type State string
 
 const (
@@ -110,7 +110,7 @@ type worker struct {
 	running int
 	jobs    []*job
 	// store contains the store paths ReportStore listed and the drv paths
-	// whose outputs the Scheduler knows to be in the worker's store.
+	// whose outputs the worker built or fetched for an assigned job.
 	store map[string]struct{}
 }
 

@@ -2,10 +2,10 @@ package scheduler
 
 import "time"
 
-// Status describes one derivation as the Scheduler sees it now.
+// Status is the Scheduler's current record of one derivation.
 type Status struct {
 	State State
-	// Reason says why a derivation that is not assigned or done waits.
+	// Reason is why a derivation that is not assigned or done waits.
 	Reason WaitReason
 	// EvalIDs are the live evaluations that contain the derivation.
 	EvalIDs []string

@@ -28,7 +28,7 @@ type Derivation struct {
 	DrvPath string
 	// Name is the derivation's name attribute, such as "hello-2.12". Build
 	// time history is kept per name without its version. Empty means the
-	// DrvPath stands in for the name.
+	// DrvPath is used as the name.
 	Name string
 	// System is the platform that builds it, such as "x86_64-linux".
 	System string

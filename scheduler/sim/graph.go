@@ -180,9 +180,9 @@ func (g *generator) layered(size int) {
 }
 
 // nixpkgs makes the nixpkgs-shaped graph. The proportions are estimates
-// chosen to look like a nixpkgs mass rebuild, not measurements of one:
-// the bootstrap chain is 1/400 of the derivations but at most 50, the
-// libraries 30% of the rest in 20 layers, and the rest leaves.
+// chosen to look like a nixpkgs mass rebuild, not measurements of one.
+// The bootstrap chain is 1/400 of the derivations but at most 50. The
+// libraries are 30% of the rest, in 20 layers, and the others are leaves.
 func (g *generator) nixpkgs(size int) {
 	bootstrapLength := min(max(size/400, 1), 50, size)
 	var stdenv int

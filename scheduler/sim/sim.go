@@ -33,7 +33,7 @@ const (
 	DefaultCores     = 4
 	DefaultBandwidth = 100e6
 	// HistoryNoise is the shape sigma of the log-normal error of the
-	// build time estimates the simulator gives the scheduler: an estimate
+	// build time estimates the simulator gives the scheduler. An estimate
 	// is the true time times exp(HistoryNoise * N(0, 1)), so about two
 	// thirds of them are within a factor of 1.35.
 	HistoryNoise = 0.3
@@ -97,11 +97,11 @@ type Result struct {
 	// CriticalPathS is the longest path of build times through the graph
 	// at the fastest worker's speed.
 	CriticalPathS float64 `json:"critical_path_s"`
-	// ReleaseBoundS is a lower bound at least as high as LowerBoundS: the
-	// largest, over times T, of T plus the work of the derivations whose
-	// inputs cannot all be built before T, divided by the sum over
-	// workers of cores times speed. It exposes graphs, like one with a
-	// long bootstrap chain, where LowerBoundS cannot be reached.
+	// ReleaseBoundS is a lower bound at least as high as LowerBoundS. It
+	// is the largest, over times T, of T plus the work of the derivations
+	// whose inputs cannot all be built before T, divided by the sum over
+	// workers of cores times speed. It exposes graphs where LowerBoundS
+	// cannot be reached, such as one with a long bootstrap chain.
 	ReleaseBoundS float64 `json:"release_bound_s"`
 	// WorkPerSlotS is the sum of build times divided by the sum over
 	// workers of cores times speed.

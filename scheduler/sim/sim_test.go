@@ -112,8 +112,8 @@ func TestRunInvalidOptions(t *testing.T) {
 	}
 }
 
-// A system no worker has never gets built, and the simulation says so
-// instead of running forever.
+// A derivation that no worker can build stops the simulation with
+// ErrStalled instead of running forever.
 func TestRunStalls(t *testing.T) {
 	g := &Graph{Derivations: []Node{
 		{DrvPath: "/nix/store/a.drv", Name: "a", System: "x86_64-linux", BuildTime: 1},

@@ -1,10 +1,11 @@
 // Command simbench runs the scheduler simulations that docs/scheduler.md
-// records and checks them against the scheduler's goals: on the
-// nixpkgs-shaped graph with 8 and 32 workers, a makespan within 1.15 times
-// the lower bound and at least 40% fewer bytes moved than the hydra
-// policy; a 100,000-derivation graph planned in under 2 s with each
-// decision under 1 ms. It prints a Markdown report and exits with status
-// 1 when a goal is missed. `make bench-scheduler` runs it.
+// records and checks them against the scheduler's goals. On the
+// nixpkgs-shaped graph with 8 and 32 workers, the gradient policy should
+// finish within 1.15 times the lower bound and move at least 40% fewer
+// bytes than the hydra policy. A 100,000-derivation graph should be
+// planned in under 2 s, with each decision under 1 ms. It prints a
+// Markdown report and exits with status 1 when a goal is missed.
+// `make bench-scheduler` runs it.
 package main
 
 import (
