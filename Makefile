@@ -26,3 +26,5 @@ test: deps
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+include scheduler/bench.mk

@@ -67,6 +67,7 @@ func newRootCommand() *cobra.Command {
 		newProjectCommand(cf),
 		newBuildCommand(cf),
 		newCacheCommand(cf),
+		newSimCommand(),
 	)
 	return root
 }

@@ -1,0 +1,71 @@
+package cmd
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gradient-ci/gradient/scheduler"
+	"github.com/gradient-ci/gradient/scheduler/sim"
+)
+
+func newSimCommand() *cobra.Command {
+	var (
+		opts     sim.Options
+		policy   string
+		speeds   string
+		jsonFlag bool
+	)
+	c := &cobra.Command{
+		Use:   "sim --graph KIND|FILE --workers N",
+		Short: "Replay a derivation graph on simulated workers under a scheduling policy",
+		Long: "Replay a derivation graph on simulated workers and print the makespan, its lower bound,\n" +
+			"the bytes moved between workers and the scheduler's decision times.\n\n" +
+			"Graph kinds: " + strings.Join(sim.Kinds, ", ") + ", or the path of a graph file.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Policy = scheduler.Policy(policy)
+			for _, s := range strings.Split(speeds, ",") {
+				if s = strings.TrimSpace(s); s == "" {
+					continue
+				}
+				v, err := strconv.ParseFloat(s, 64)
+				if err != nil || v <= 0 {
+					return fmt.Errorf("--speeds: %q is not a positive number", s)
+				}
+				opts.Speeds = append(opts.Speeds, v)
+			}
+			res, err := sim.Run(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			if jsonFlag {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "graph:\t%s (%d derivations, seed %d)\n", res.Graph, res.Derivations, res.Seed)
+			fmt.Fprintf(tw, "workers:\t%d (%d slots), policy %s\n", res.Workers, res.Slots, res.Policy)
+			fmt.Fprintf(tw, "makespan:\t%.0f s\n", res.MakespanS)
+			fmt.Fprintf(tw, "lower bound:\t%.0f s (ratio %.3f)\n", res.LowerBoundS, res.MakespanS/res.LowerBoundS)
+			fmt.Fprintf(tw, "bytes moved:\t%d\n", res.BytesMoved)
+			fmt.Fprintf(tw, "duplicate builds:\t%d\n", res.DuplicateBuilds)
+			fmt.Fprintf(tw, "max decision time:\t%.1f µs\n", res.MaxDecisionUS)
+			return tw.Flush()
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&opts.Graph, "graph", "", "graph kind ("+strings.Join(sim.Kinds, ", ")+") or graph file written by 'gradient project graph --json'")
+	f.IntVar(&opts.Size, "size", 0, "derivations in a generated graph (default: depends on the kind)")
+	f.IntVar(&opts.Workers, "workers", 8, "number of simulated workers")
+	f.IntVar(&opts.Cores, "cores", 4, "jobs each worker runs at once")
+	f.StringVar(&speeds, "speeds", "", "comma-separated worker speeds, assigned in turn (default 1 for every worker)")
+	f.Float64Var(&opts.Bandwidth, "bandwidth", 100e6, "bytes per second a worker fetches inputs at")
+	f.StringVar(&policy, "policy", string(scheduler.PolicyGradient), "scheduling policy: gradient, hydra or fifo")
+	f.Uint64Var(&opts.Seed, "seed", 1, "seed of the graph generator and the estimate noise")
+	f.BoolVar(&jsonFlag, "json", false, "print one JSON object")
+	_ = c.MarkFlagRequired("graph")
+	return c
+}
