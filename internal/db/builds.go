@@ -47,7 +47,7 @@ func (d *DB) CreateBuilds(evalID uint64, bs []Build) error {
 
 // PutBuild replaces the stored build with b.
 func (d *DB) PutBuild(b Build) error {
-	return d.bdb.Update(func(txn *badger.Txn) error {
+	return d.update(func(txn *badger.Txn) error {
 		return setJSON(txn, buildKey(b.ID), b)
 	})
 }

@@ -37,14 +37,15 @@ func Open(dir string, logger *slog.Logger) (*DB, error) {
 		return nil, fmt.Errorf("open database %q: %w", dir, err)
 	}
 
-	// A leased range of IDs that is not used before a restart is skipped,
-	// so IDs grow but may have gaps, as Hydra's build IDs do.
-	evalSeq, err := bdb.GetSequence([]byte("seq/evaluation"), 10)
+	// Each sequence leases a range of IDs. Close returns the unused rest,
+	// but a crash skips it, so IDs grow and may have gaps, as the IDs of
+	// a SQL sequence do.
+	evalSeq, err := bdb.GetSequence([]byte("seq/evaluation"), 1)
 	if err != nil {
 		bdb.Close()
 		return nil, fmt.Errorf("open evaluation id sequence: %w", err)
 	}
-	buildSeq, err := bdb.GetSequence([]byte("seq/build"), 1000)
+	buildSeq, err := bdb.GetSequence([]byte("seq/build"), 100)
 	if err != nil {
 		evalSeq.Release()
 		bdb.Close()
@@ -61,6 +62,24 @@ func (d *DB) Badger() *badger.DB { return d.bdb }
 // Close releases the ID sequences and closes the database.
 func (d *DB) Close() error {
 	return errors.Join(d.evalSeq.Release(), d.buildSeq.Release(), d.bdb.Close())
+}
+
+// maxConflictRetries bounds how often update runs a transaction again
+// after badger reports a conflict with a concurrent one.
+const maxConflictRetries = 10
+
+// update runs fn in a read-write transaction and runs it again when a
+// concurrent transaction wrote a key it read, such as two evaluations of
+// one project that both update the project's last evaluation.
+func (d *DB) update(fn func(txn *badger.Txn) error) error {
+	var err error
+	for range maxConflictRetries {
+		err = d.bdb.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("transaction still conflicts after %d attempts: %w", maxConflictRetries, err)
 }
 
 func nextID(seq *badger.Sequence) (uint64, error) {

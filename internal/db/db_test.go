@@ -136,3 +136,56 @@ func TestBuildsOfEvaluation(t *testing.T) {
 		t.Errorf("ListBuilds(8) = %d builds, want 1", len(got))
 	}
 }
+
+func TestConcurrentEvaluations(t *testing.T) {
+	d := openTest(t)
+	now := time.Unix(1_700_000_000, 0)
+	if _, err := d.CreateProject(Project{Org: "o", Name: "p", FlakeRef: "/src"}, now); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 16
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := d.CreateEvaluation("o", "p", now)
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("CreateEvaluation = %v, want nil", err)
+		}
+	}
+	es, err := d.ListEvaluations("o", "p", 0)
+	if err != nil || len(es) != n {
+		t.Errorf("ListEvaluations = %d, %v, want %d", len(es), err, n)
+	}
+}
+
+func TestIDsContinueAfterReopen(t *testing.T) {
+	dir := t.TempDir()
+	d, err := Open(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateBuilds(1, make([]Build, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	d, err = Open(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	bs := make([]Build, 1)
+	if err := d.CreateBuilds(2, bs); err != nil {
+		t.Fatal(err)
+	}
+	if bs[0].ID != 4 {
+		t.Errorf("first build ID after reopening = %d, want 4", bs[0].ID)
+	}
+}

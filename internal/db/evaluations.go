@@ -25,7 +25,7 @@ func (d *DB) CreateEvaluation(org, project string, now time.Time) (Evaluation, e
 	}
 
 	var e Evaluation
-	err = d.bdb.Update(func(txn *badger.Txn) error {
+	err = d.update(func(txn *badger.Txn) error {
 		var p Project
 		if err := getJSON(txn, projectKey(org, project), &p); err != nil {
 			return fmt.Errorf("project %s/%s: %w", org, project, err)
@@ -53,7 +53,7 @@ func (d *DB) CreateEvaluation(org, project string, now time.Time) (Evaluation, e
 
 // PutEvaluation replaces the stored evaluation with e.
 func (d *DB) PutEvaluation(e Evaluation) error {
-	return d.bdb.Update(func(txn *badger.Txn) error {
+	return d.update(func(txn *badger.Txn) error {
 		return setJSON(txn, evalKey(e.ID), e)
 	})
 }

@@ -41,7 +41,7 @@ func (d *DB) EnsureOrg(name string, now time.Time) (Org, error) {
 		return Org{}, err
 	}
 	var org Org
-	err := d.bdb.Update(func(txn *badger.Txn) error {
+	err := d.update(func(txn *badger.Txn) error {
 		err := getJSON(txn, orgKey(name), &org)
 		if !errors.Is(err, ErrNotFound) {
 			return err
@@ -81,7 +81,7 @@ func (d *DB) CreateProject(p Project, now time.Time) (Project, error) {
 	p.CreatedAt = now.UTC()
 	p.LastEvaluation = 0
 
-	err := d.bdb.Update(func(txn *badger.Txn) error {
+	err := d.update(func(txn *badger.Txn) error {
 		_, err := txn.Get(projectKey(p.Org, p.Name))
 		if err == nil {
 			return fmt.Errorf("project %s/%s: %w", p.Org, p.Name, ErrExists)
