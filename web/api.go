@@ -48,7 +48,7 @@ func (s *Server) listProjects(w http.ResponseWriter, r *http.Request) {
 func (s *Server) createProject(w http.ResponseWriter, r *http.Request) {
 	var req CreateProjectRequest
 	if err := readJSON(w, r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid request body: %v", err)
+		writeBodyError(w, err)
 		return
 	}
 	if err := db.ValidateName("org", req.Org); err != nil {
@@ -193,6 +193,10 @@ func (s *Server) getBuildLog(w http.ResponseWriter, r *http.Request) {
 	follow := r.URL.Query().Get("follow") == "true" || r.URL.Query().Get("follow") == "1"
 
 	f, err := s.cfg.Logs.OpenLog(r.Context(), b.DrvPath)
+	if err != nil {
+		// OpenLog may return a typed nil reader along with the error.
+		f = nil
+	}
 	if errors.Is(err, fs.ErrNotExist) && !follow {
 		writeError(w, http.StatusNotFound, "build %d has no log (status %s)", id, b.Status)
 		return
@@ -217,7 +221,13 @@ func (s *Server) getBuildLog(w http.ResponseWriter, r *http.Request) {
 // finished and everything has been sent, or the client goes away. f may be
 // nil when the build has not written a log yet.
 func (s *Server) followLog(w http.ResponseWriter, r *http.Request, b db.Build, f io.ReadCloser) {
+	// Send the headers now, so the client knows the build exists even
+	// while it waits in the queue without a log.
 	flusher, _ := w.(http.Flusher)
+	w.WriteHeader(http.StatusOK)
+	if flusher != nil {
+		flusher.Flush()
+	}
 	ticker := time.NewTicker(s.cfg.LogPollInterval)
 	defer ticker.Stop()
 	defer func() {
@@ -229,8 +239,7 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, b db.Build, f
 	for {
 		if f == nil {
 			var err error
-			f, err = s.cfg.Logs.OpenLog(r.Context(), b.DrvPath)
-			if err != nil {
+			if f, err = s.cfg.Logs.OpenLog(r.Context(), b.DrvPath); err != nil {
 				f = nil
 			}
 		}

@@ -151,7 +151,7 @@ func (s *Server) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.Authorized(r) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="gradient"`)
-			writeError(w, http.StatusUnauthorized, "missing or invalid API token: pass it as 'Authorization: Bearer TOKEN'")
+			writeError(w, http.StatusUnauthorized, "missing or invalid API token: send it as 'Authorization: Bearer TOKEN' (the gradient CLI takes --token or GRADIENT_TOKEN, or reads DATA_DIR/admin-token)")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -208,14 +208,68 @@ func (s *Server) writeDBError(w http.ResponseWriter, r *http.Request, err error)
 // maxRequestBody bounds every JSON request body of the API.
 const maxRequestBody = 1 << 20
 
+// errBodyTooLarge is returned by readJSON for a body over maxRequestBody.
+var errBodyTooLarge = fmt.Errorf("request body is larger than %d bytes", maxRequestBody)
+
+// readJSON decodes the request body into v. Its errors name the JSON field
+// or position that is wrong, in words a client can act on, not Go types.
 func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return err
+		return describeJSONError(err)
 	}
 	if dec.More() {
 		return errors.New("unexpected data after the JSON object")
 	}
 	return nil
+}
+
+func describeJSONError(err error) error {
+	var (
+		tooLarge  *http.MaxBytesError
+		typeErr   *json.UnmarshalTypeError
+		syntaxErr *json.SyntaxError
+	)
+	switch {
+	case errors.As(err, &tooLarge):
+		return errBodyTooLarge
+	case errors.As(err, &typeErr):
+		return fmt.Errorf("field %q must be a JSON %s, not %s", typeErr.Field, jsonKind(typeErr.Type.Kind().String()), typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return fmt.Errorf("invalid JSON at byte %d: %v", syntaxErr.Offset, err)
+	case errors.Is(err, io.EOF):
+		return errors.New("the body is empty: send a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errors.New("the JSON object is cut off")
+	}
+	if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return fmt.Errorf("unknown field %s: see docs/api.md for the fields of this request", field)
+	}
+	return err
+}
+
+// jsonKind names a Go kind the way JSON calls it.
+func jsonKind(kind string) string {
+	switch kind {
+	case "slice", "array":
+		return "array"
+	case "map", "struct":
+		return "object"
+	case "string":
+		return "string"
+	case "bool":
+		return "boolean"
+	}
+	return "number"
+}
+
+// writeBodyError responds to a body that readJSON rejected: 413 when it is
+// too large, 400 otherwise.
+func writeBodyError(w http.ResponseWriter, err error) {
+	status := http.StatusBadRequest
+	if errors.Is(err, errBodyTooLarge) {
+		status = http.StatusRequestEntityTooLarge
+	}
+	writeError(w, status, "invalid request body: %v", err)
 }

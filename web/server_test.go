@@ -214,3 +214,70 @@ func TestBuildLogFollowEndsWithBuild(t *testing.T) {
 		t.Errorf("rest of followed log = %q, want %q", rest, "second line\n")
 	}
 }
+
+func TestBuildLogFollowWaitsForStart(t *testing.T) {
+	ts, records, _, logDir := newTestServer(t)
+	bs := []db.Build{{DrvPath: "/nix/store/bbbb-queued.drv", Status: db.BuildQueued}}
+	if err := records.CreateBuilds(1, bs); err != nil {
+		t.Fatal(err)
+	}
+
+	req, _ := http.NewRequest(http.MethodGet, ts.URL+"/api/v1/builds/"+db.FormatID(bs[0].ID)+"/log?follow=true", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("follow of a queued build = %d, want 200", resp.StatusCode)
+	}
+
+	// The build starts, writes its log and finishes; the response carries
+	// the whole log and ends.
+	if err := os.WriteFile(filepath.Join(logDir, "bbbb-queued.drv.log"), []byte("built\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bs[0].Status = db.BuildSucceeded
+	if err := records.PutBuild(bs[0]); err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(body) != "built\n" {
+		t.Errorf("followed log = %q, want %q", body, "built\n")
+	}
+}
+
+func TestRequestBodyErrors(t *testing.T) {
+	ts, _, _, _ := newTestServer(t)
+	tests := []struct {
+		name, body string
+		code       int
+		want       string
+	}{
+		{"wrong type", `{"org":"demo","name":"x","flake":"/src","entry_points":"packages.*.*"}`, 400, `field "entry_points" must be a JSON array`},
+		{"unknown field", `{"org":"demo","name":"x","flake":"/src","flakes":1}`, 400, `unknown field "flakes"`},
+		{"empty", ``, 400, "body is empty"},
+		{"too large", `{"org":"` + strings.Repeat("a", 2<<20) + `"}`, 413, "larger than"},
+	}
+	for _, tc := range tests {
+		code, raw := request(t, http.MethodPost, ts.URL+"/api/v1/projects", testToken, tc.body)
+		if code != tc.code {
+			t.Errorf("%s: status = %d, want %d", tc.name, code, tc.code)
+		}
+		var e apiError
+		if err := json.Unmarshal([]byte(raw), &e); err != nil {
+			t.Fatalf("%s: body %q is not an API error: %v", tc.name, raw, err)
+		}
+		body := e.Error
+		if !strings.Contains(body, tc.want) {
+			t.Errorf("%s: body %q does not contain %q", tc.name, body, tc.want)
+		}
+		if strings.Contains(body, "Go struct") {
+			t.Errorf("%s: body %q exposes Go type names", tc.name, body)
+		}
+	}
+}
