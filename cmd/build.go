@@ -11,8 +11,9 @@ import (
 
 func newBuildCommand(cf *clientFlags) *cobra.Command {
 	c := &cobra.Command{Use: "build", Short: "Inspect builds"}
-	c.PersistentFlags().BoolVar(&cf.json, "json", false, "print the API's JSON object")
-	c.AddCommand(newBuildShowCommand(cf), newBuildLogCommand(cf))
+	show := newBuildShowCommand(cf)
+	show.Flags().BoolVar(&cf.json, "json", false, "print the API's JSON object")
+	c.AddCommand(show, newBuildLogCommand(cf))
 	return c
 }
 

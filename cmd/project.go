@@ -1,7 +1,9 @@
 package cmd
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -102,16 +104,32 @@ func waitForEvaluation(cmd *cobra.Command, cf *clientFlags, cl *client.Client, i
 	defer ticker.Stop()
 
 	last := ""
+	var unreachableSince time.Time
 	for {
-		e, err := cl.Evaluation(ctx, id)
-		if err != nil {
-			return err
-		}
-		var bs []db.Build
-		if e.Status != db.EvalQueued && e.Status != db.EvalEvaluating {
-			if bs, err = cl.Builds(ctx, id); err != nil {
+		e, bs, err := fetchEvaluation(ctx, cl, id)
+		var ue *client.UnreachableError
+		if errors.As(err, &ue) {
+			// The node may be restarting: it resumes the evaluation, so
+			// keep polling for a while before giving up.
+			if unreachableSince.IsZero() {
+				unreachableSince = time.Now()
+				fmt.Fprintf(cmd.ErrOrStderr(), "evaluation %d: node unreachable, retrying for up to %s\n", id, unreachableTimeout)
+			}
+			if time.Since(unreachableSince) > unreachableTimeout {
 				return err
 			}
+		} else if err != nil {
+			return err
+		} else {
+			unreachableSince = time.Time{}
+		}
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-ticker.C:
+			}
+			continue
 		}
 		line := fmt.Sprintf("evaluation %d: %s%s", id, e.Status, buildCounts(bs))
 		if line != last {
@@ -137,6 +155,24 @@ func waitForEvaluation(cmd *cobra.Command, cf *clientFlags, cl *client.Client, i
 		case <-ticker.C:
 		}
 	}
+}
+
+// unreachableTimeout is how long --wait keeps polling a node that does not
+// respond, such as one that restarts.
+const unreachableTimeout = 2 * time.Minute
+
+// fetchEvaluation returns the evaluation and, once it has a graph, its
+// builds.
+func fetchEvaluation(ctx context.Context, cl *client.Client, id uint64) (db.Evaluation, []db.Build, error) {
+	e, err := cl.Evaluation(ctx, id)
+	if err != nil {
+		return e, nil, err
+	}
+	if e.Status == db.EvalQueued || e.Status == db.EvalEvaluating {
+		return e, nil, nil
+	}
+	bs, err := cl.Builds(ctx, id)
+	return e, bs, err
 }
 
 func buildCounts(bs []db.Build) string {
@@ -177,7 +213,7 @@ func newProjectShowCommand(cf *clientFlags) *cobra.Command {
 			out := cmd.OutOrStdout()
 			if p.LastEvaluation == 0 {
 				if cf.json {
-					return printJSON(out, p)
+					return printJSON(out, projectShowJSON{Project: p, Builds: []db.Build{}})
 				}
 				fmt.Fprintf(out, "project %s/%s (%s) has no evaluation yet: run 'gradient project evaluate %s/%s'\n", org, name, p.FlakeRef, org, name)
 				return nil
@@ -191,7 +227,7 @@ func newProjectShowCommand(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			if cf.json {
-				return printJSON(out, projectShowJSON{Project: p, Evaluation: e, Builds: bs})
+				return printJSON(out, projectShowJSON{Project: p, Evaluation: &e, Builds: bs})
 			}
 			printEvaluation(out, e, bs)
 			return nil
@@ -202,9 +238,10 @@ func newProjectShowCommand(cf *clientFlags) *cobra.Command {
 // projectShowJSON is the output of `project show --json`: the API's
 // project, its latest evaluation and that evaluation's builds.
 type projectShowJSON struct {
-	Project    db.Project    `json:"project"`
-	Evaluation db.Evaluation `json:"evaluation"`
-	Builds     []db.Build    `json:"builds"`
+	Project db.Project `json:"project"`
+	// Evaluation is null before the project's first evaluation.
+	Evaluation *db.Evaluation `json:"evaluation"`
+	Builds     []db.Build     `json:"builds"`
 }
 
 func printEvaluation(w io.Writer, e db.Evaluation, bs []db.Build) {

@@ -26,15 +26,36 @@ func Execute() int {
 	defer stop()
 
 	root := newRootCommand()
-	if err := root.ExecuteContext(ctx); err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			return ee.code
-		}
-		fmt.Fprintln(os.Stderr, "gradient:", err)
-		return 1
+	usageError := false
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		usageError = true
+		return fmt.Errorf("%w\nRun '%s --help' for usage.", err, c.CommandPath())
+	})
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return 0
 	}
-	return 0
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	fmt.Fprintln(os.Stderr, "gradient:", err)
+	if !usageError && isUsageError(err) {
+		fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+	}
+	return 1
+}
+
+// isUsageError reports whether err is cobra's complaint about the command
+// line, as opposed to an error of the command itself.
+func isUsageError(err error) bool {
+	msg := err.Error()
+	for _, prefix := range []string{"unknown command", "accepts ", "requires at least", "required flag", "unknown flag", "unknown shorthand"} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // exitError ends the command with a code after it has already printed why.

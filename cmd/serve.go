@@ -24,6 +24,9 @@ func newServeCommand(cf *clientFlags) *cobra.Command {
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q is invalid: give debug, info, warn or error", logLevel)
 			}
+			if cfg.WorkerMaxJobs < 1 || cfg.WorkerMaxJobs > 64 {
+				return fmt.Errorf("--worker-max-jobs %d is out of range: give 1 to 64", cfg.WorkerMaxJobs)
+			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg.DataDir = cf.dataDir
 

@@ -22,10 +22,12 @@ func ValidateName(field, name string) error {
 		return fmt.Errorf("%s %q is longer than %d bytes", field, name, maxNameLen)
 	}
 	for i, r := range name {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
-			i > 0 && (r == '.' || r == '_' || r == '-')
-		if !ok {
-			return fmt.Errorf("%s %q has an invalid character %q: use letters, digits, '.', '_' or '-', starting with a letter or digit", field, name, r)
+		alnum := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		if i == 0 && !alnum {
+			return fmt.Errorf("%s %q starts with %q: start it with a letter or digit", field, name, r)
+		}
+		if !alnum && r != '.' && r != '_' && r != '-' {
+			return fmt.Errorf("%s %q has an invalid character %q: use letters, digits, '.', '_' or '-'", field, name, r)
 		}
 	}
 	return nil

@@ -48,6 +48,19 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.StatusCode)
 }
 
+// UnreachableError reports a request that got no HTTP response, such as
+// when no node listens at the server URL.
+type UnreachableError struct {
+	Server string
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the node at %s: %v (is 'gradient serve' running there? set --server or GRADIENT_SERVER)", e.Server, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
 // IsNotFound reports whether err is an API error with status 404.
 func IsNotFound(err error) bool {
 	var ae *APIError
@@ -91,7 +104,10 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &UnreachableError{Server: c.base.String(), Err: err}
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
@@ -104,6 +120,9 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 	msg := strings.TrimSpace(string(raw))
 	if json.Unmarshal(raw, &ae) == nil && ae.Error != "" {
 		msg = ae.Error
+	}
+	if msg == "" && resp.StatusCode == http.StatusNotFound {
+		msg = fmt.Sprintf("no Gradient API at %s: --server must be the node's root URL, such as http://127.0.0.1:3000", c.base)
 	}
 	if msg == "" {
 		msg = http.StatusText(resp.StatusCode)
