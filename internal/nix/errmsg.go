@@ -21,8 +21,9 @@ var noiseLines = []string{
 // the continuation lines' indentation removed and nix's hints dropped.
 // Nix 2.18 and later print a trace of "… while evaluating" lines between
 // an outer "error:" and the innermost one; the innermost is kept. Without
-// any "error:" line the last non-empty line is returned. The result is at
-// most 16 KiB.
+// any "error:" line the last non-empty line is returned. Git's "fatal:"
+// lines before the error are appended to it. The result is at most
+// 16 KiB.
 func ErrorMessage(stderr []byte) string {
 	text := ansiEscape.ReplaceAllString(string(stderr), "")
 	lines := strings.Split(strings.ReplaceAll(text, "\r\n", "\n"), "\n")
@@ -45,6 +46,22 @@ func ErrorMessage(stderr []byte) string {
 			continue
 		}
 		kept = append(kept, strings.TrimRight(dedent(line, indent), " \t"))
+	}
+
+	// Nix reports a failing git with only its exit code. Git's own
+	// "fatal:" lines come before nix's error and say what is wrong, such
+	// as an unknown branch or a missing repository.
+	var gitLines []string
+	for _, line := range lines[:start] {
+		if strings.HasPrefix(line, "fatal: ") && len(gitLines) < 5 {
+			gitLines = append(gitLines, strings.TrimSpace(line))
+		}
+	}
+	if len(gitLines) > 0 {
+		for len(kept) > 1 && strings.TrimSpace(kept[len(kept)-1]) == "" {
+			kept = kept[:len(kept)-1]
+		}
+		kept = append(kept, gitLines...)
 	}
 
 	message := strings.TrimSpace(strings.Join(kept, "\n"))

@@ -52,7 +52,7 @@ func (c *Client) FlakeMetadata(ctx context.Context, ref string) (FlakeMetadata, 
 	out, err := c.runOutput(ctx, command{
 		binary: c.cfg.Binary,
 		name:   "nix flake metadata",
-		args:   []string{"flake", "metadata", "--json", "--", ref},
+		args:   []string{"flake", "metadata", "--json", "--no-write-lock-file", "--", ref},
 	})
 	if err != nil {
 		return FlakeMetadata{}, err

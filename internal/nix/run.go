@@ -72,7 +72,7 @@ func (c *Client) run(ctx context.Context, cmd command) error {
 	proc := exec.CommandContext(ctx, cmd.binary, append(c.settingArgs(), cmd.args...)...)
 	proc.Stdout = cmd.stdout
 	proc.Stderr = stderr
-	proc.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	proc.SysProcAttr = processAttributes()
 	// Nix runs sandboxed builders in their own session, out of reach of
 	// a signal to nix's process group. On SIGTERM nix kills its builders
 	// before it exits; SIGKILL would leave them running.
