@@ -210,5 +210,22 @@ func checkQuery(query string) error {
 			return fmt.Errorf("invalid query %q: a parameter has no name", query)
 		}
 	}
+	// Nix accepts only a full commit hash as rev, and says so only when
+	// it evaluates; checking here rejects the project at creation.
+	if rev := values.Get("rev"); values.Has("rev") && !isCommitHash(rev) {
+		return fmt.Errorf("rev %q is not a full commit hash: give 40 hexadecimal digits, or use ref=BRANCH for a branch or tag", rev)
+	}
 	return nil
+}
+
+func isCommitHash(s string) bool {
+	if len(s) != 40 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F') {
+			return false
+		}
+	}
+	return true
 }

@@ -69,6 +69,8 @@ func TestParseInvalid(t *testing.T) {
 		{"newline", "github:a/b\n", "whitespace"},
 		{"control", "/srv/\x00x", "control character"},
 		{"fragment", "github:owner/repo#packages.x86_64-linux.hello", "fragment"},
+		{"short rev", "git+file:///srv/project?rev=zzz", "not a full commit hash"},
+		{"abbreviated rev", "github:owner/repo?rev=0123abc", "not a full commit hash"},
 		{"unknown scheme", "svn://example.org/repo", "unknown scheme"},
 		{"git file relative", "git+file:project", "must be absolute"},
 		{"git file host", "git+file://host/srv/project", "three slashes"},
