@@ -14,6 +14,12 @@ type EvalRequest struct {
 	// EntryPoints are attribute path patterns: "*" matches one attribute
 	// name and "**" any number of them, such as "packages.*.*".
 	EntryPoints []string `json:"entry_points"`
+
+	// ListOnly asks only for the attributes that match, without their
+	// drvPaths: the result's entry points have an empty DrvPath unless
+	// they failed, and it has no Derivations. A node lists entry points on
+	// one worker and shards their evaluation across the others.
+	ListOnly bool `json:"list_only,omitempty"`
 }
 
 // EvalResult is the outcome of an EvalRequest. A failure of a single entry

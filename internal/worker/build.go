@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"slices"
 	"strings"
 	"time"
@@ -23,8 +24,9 @@ var errUploadEnded = errors.New("NAR upload ended before the dump")
 // failures, such as a .drv missing from the worker's store, return a
 // plain error.
 //
-// NOTE: the .drv file must already be in the worker's store, as after an
-// Evaluate on this worker. Realise does not fetch .drv files.
+// A .drv file missing from the worker's store, because another worker
+// evaluated it, is substituted by nix from the substituters before the
+// build, so the node's cache must hold it.
 func (w *Worker) Build(ctx context.Context, req protocol.BuildRequest, log io.Writer, nars protocol.NARSink) (protocol.BuildResult, error) {
 	release, err := w.acquire(ctx)
 	if err != nil {
@@ -36,9 +38,11 @@ func (w *Worker) Build(ctx context.Context, req protocol.BuildRequest, log io.Wr
 	started := time.Now()
 	logger.Info("build started")
 
-	drv, err := w.nix.ReadDerivation(req.DrvPath)
-	if err != nil {
-		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
+	// Check the .drv before running nix when it is here; otherwise
+	// Realise substitutes it and it is read afterwards.
+	drv, readErr := w.nix.ReadDerivation(req.DrvPath)
+	if readErr != nil && !errors.Is(readErr, fs.ErrNotExist) {
+		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, readErr)
 	}
 
 	paths, err := w.nix.Realise(ctx, req.DrvPath, log)
@@ -48,6 +52,11 @@ func (w *Worker) Build(ctx context.Context, req protocol.BuildRequest, log io.Wr
 			return protocol.BuildResult{}, &protocol.BuildError{DrvPath: req.DrvPath, Message: message}
 		}
 		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
+	}
+	if readErr != nil {
+		if drv, err = w.nix.ReadDerivation(req.DrvPath); err != nil {
+			return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
+		}
 	}
 	outputs, err := outputNames(drv, paths)
 	if err != nil {

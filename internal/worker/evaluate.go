@@ -29,7 +29,8 @@ var ErrNoEntryPoints = errors.New("no entry point patterns")
 // that a "**" only searched through gets a progress line instead. Evaluate
 // returns an error only for an invalid request, a flake that cannot be
 // locked or whose outputs cannot be evaluated at all, a fault of the
-// worker, or a cancelled ctx.
+// worker, or a cancelled ctx. With req.ListOnly it stops after listing
+// the matching attributes, whose DrvPath stays empty.
 func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
 	if progress == nil {
 		progress = io.Discard
@@ -64,7 +65,7 @@ func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progres
 		fmt.Fprintf(progress, "%s is not locked (a dirty git tree?): evaluating its copy %s\n", meta.LockedURL, meta.Path)
 	}
 
-	e := &evaluation{nix: w.nix, url: evalURL, patterns: patterns, progress: progress}
+	e := &evaluation{nix: w.nix, url: evalURL, patterns: patterns, progress: progress, list: req.ListOnly}
 	if err := e.walk(ctx, nil); err != nil {
 		return protocol.EvalResult{}, err
 	}
@@ -92,9 +93,14 @@ func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progres
 		})
 		if ep.drvPath != "" {
 			roots = append(roots, ep.drvPath)
-		} else {
+		} else if ep.err != "" {
 			failed++
 		}
+	}
+	if req.ListOnly {
+		fmt.Fprintf(progress, "listed %d entry points, %d failed\n", len(result.EntryPoints), failed)
+		logger.Info("listing finished", "entry_points", len(result.EntryPoints), "failed_entry_points", failed, "duration", time.Since(started))
+		return result, nil
 	}
 	fmt.Fprintf(progress, "evaluated %d entry points, %d failed\n", len(result.EntryPoints), failed)
 
@@ -141,6 +147,8 @@ type evaluation struct {
 	url      string
 	patterns []attrpath.Pattern
 	progress io.Writer
+	// list reports matching derivations without their drvPaths.
+	list bool
 
 	entryPoints []entryPoint
 	// skipped counts matches that are not derivations.
@@ -153,6 +161,7 @@ type evaluation struct {
 type walkItem struct {
 	Path    []string `json:"path"`
 	DrvPath string   `json:"drvPath"`
+	Listed  bool     `json:"listed"`
 	Error   bool     `json:"error"`
 	Other   string   `json:"other"`
 }
@@ -198,7 +207,7 @@ func (e *evaluation) walk(ctx context.Context, path []string) error {
 func (e *evaluation) collect(ctx context.Context, items []walkItem) error {
 	for _, item := range items {
 		switch {
-		case item.DrvPath != "":
+		case item.DrvPath != "" || item.Listed:
 			e.entryPoints = append(e.entryPoints, entryPoint{path: item.Path, drvPath: item.DrvPath})
 		case item.Error && !e.named(item.Path):
 			e.noteSearchError(item.Path, "")
@@ -283,6 +292,7 @@ func (e *evaluation) runWalker(ctx context.Context, root []string, strict bool) 
 		"root":     nonNil(root),
 		"strict":   strict,
 		"patterns": encodePatterns(e.patterns),
+		"list":     e.list,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode walk arguments: %w", err)

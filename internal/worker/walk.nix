@@ -8,6 +8,8 @@
 #   strict   false: builtins.tryEval catches throws and asserts, and the
 #            attribute is reported with error = true; true: errors abort,
 #            so that nix prints the message for that attribute
+#   list     optional; true: report matching derivations as
+#            { path; listed = true; } without evaluating their drvPath
 #
 # It returns a list of { path; drvPath; } for derivations, { path; error; }
 # for caught errors and { path; other; } for matches that are not
@@ -65,6 +67,7 @@ let
     else if !derivation.success then [ { inherit path; error = true; } ]
     else if derivation.value then
       (if !matches state then [ ]
+       else if args.list or false then [ { inherit path; listed = true; } ]
        else if drvPath.success then [ { inherit path; drvPath = drvPath.value; } ]
        else [ { inherit path; error = true; } ])
     else

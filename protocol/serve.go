@@ -1,0 +1,392 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// RejectError is returned by Serve and RunWorker when the node refused
+// the worker: an unknown token, an unsupported protocol version or an
+// invalid Hello. Connecting again does not help.
+type RejectError struct {
+	Reason string
+}
+
+func (e *RejectError) Error() string { return "node rejected the worker: " + e.Reason }
+
+// ErrConnectionLost is wrapped by the errors of NAR uploads and path
+// queries whose connection ended.
+var ErrConnectionLost = errors.New("connection to the node lost")
+
+// PathUploader is implemented by workers that upload store paths they
+// hold, with their closure. After an evaluation, Serve uploads the .drv
+// closure of the result with it, so that any worker can build the
+// derivations by substituting the .drv files from the node's cache.
+type PathUploader interface {
+	UploadClosure(ctx context.Context, paths []string, nars NARSink) error
+}
+
+// PathHolder is implemented by workers that report which store paths they
+// contain, for the node's PathQuery.
+type PathHolder interface {
+	HavePaths(ctx context.Context, paths []string) ([]string, error)
+}
+
+// ServeConfig configures the worker's side of a session.
+type ServeConfig struct {
+	// Capabilities, Systems, Features and MaxJobs go into the Hello. The
+	// default capabilities are eval, build and cache; MaxJobs defaults
+	// to 1.
+	Capabilities []Capability
+	Systems      []string
+	Features     []string
+	MaxJobs      int
+	// CPUs and MemoryBytes describe the machine; they default to what
+	// the machine reports.
+	CPUs        int
+	MemoryBytes uint64
+	// Setup returns the Worker that runs the jobs of a session, given the
+	// node's Welcome, which names its cache and key. Required.
+	Setup func(ctx context.Context, welcome *Welcome) (Worker, error)
+	// SpoolDir holds compressed NARs while they upload. Default the
+	// system's temporary directory.
+	SpoolDir string
+	// StoreDir is the directory whose file system FreeDiskBytes measures.
+	// Default "/".
+	StoreDir string
+	Logger   *slog.Logger
+}
+
+func (c ServeConfig) withDefaults() ServeConfig {
+	if len(c.Capabilities) == 0 {
+		c.Capabilities = []Capability{CapEval, CapBuild, CapCache}
+	}
+	if c.MaxJobs <= 0 {
+		c.MaxJobs = 1
+	}
+	if c.CPUs == 0 {
+		c.CPUs = numCPU()
+	}
+	if c.MemoryBytes == 0 {
+		c.MemoryBytes = totalMemory()
+	}
+	if c.StoreDir == "" {
+		c.StoreDir = "/"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// workerSession is the worker's side of one connection.
+type workerSession struct {
+	cfg     ServeConfig
+	conn    Conn
+	worker  Worker
+	welcome *Welcome
+	log     *slog.Logger
+	// ctx ends with the session; writes use it because a write whose
+	// context ends closes the connection.
+	ctx  context.Context
+	done chan struct{}
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	nextID  uint64
+	jobs    map[uint64]context.CancelFunc
+	queries map[uint64]chan *PathAnswer
+	offsets map[uint64]chan *NAROffset
+	stored  map[uint64]chan *NARStored
+}
+
+// Serve runs one session of a worker over conn: the handshake, then the
+// jobs the node offers, until the connection or ctx ends. It cancels the
+// session's running jobs when it returns, and returns why the session
+// ended: a *RejectError when the node refused the worker.
+func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
+	cfg = cfg.withDefaults()
+	if cfg.Setup == nil {
+		return errors.New("serve: ServeConfig.Setup is required")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	welcome, err := workerHandshake(ctx, conn, cfg)
+	if err != nil {
+		return err
+	}
+	w, err := cfg.Setup(ctx, welcome)
+	if err != nil {
+		conn.Close(websocket.StatusInternalError, "worker setup failed")
+		return fmt.Errorf("set up worker: %w", err)
+	}
+
+	s := &workerSession{
+		cfg: cfg, conn: conn, worker: w, welcome: welcome, ctx: ctx,
+		log:     cfg.Logger.With("component", "worker_session"),
+		done:    make(chan struct{}),
+		jobs:    map[uint64]context.CancelFunc{},
+		queries: map[uint64]chan *PathAnswer{},
+		offsets: map[uint64]chan *NAROffset{},
+		stored:  map[uint64]chan *NARStored{},
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer close(s.done)
+	defer cancel()
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.heartbeats(ctx)
+	}()
+	return s.readLoop(ctx, &wg)
+}
+
+// workerHandshake sends the Hello and waits for the Welcome.
+func workerHandshake(ctx context.Context, conn Conn, cfg ServeConfig) (*Welcome, error) {
+	hello := &Hello{
+		Version:      Version,
+		Capabilities: cfg.Capabilities,
+		Systems:      cfg.Systems,
+		Features:     cfg.Features,
+		MaxJobs:      cfg.MaxJobs,
+		CPUs:         cfg.CPUs,
+		MemoryBytes:  cfg.MemoryBytes,
+	}
+	if err := conn.Write(ctx, hello); err != nil {
+		return nil, fmt.Errorf("send hello: %w", err)
+	}
+	m, err := conn.Read(ctx)
+	if err != nil {
+		if status := websocket.CloseStatus(err); status == websocket.StatusPolicyViolation {
+			var ce websocket.CloseError
+			errors.As(err, &ce)
+			return nil, &RejectError{Reason: ce.Reason}
+		}
+		return nil, fmt.Errorf("read welcome: %w", err)
+	}
+	switch m := m.(type) {
+	case *Welcome:
+		return m, nil
+	case *Reject:
+		conn.Close(websocket.StatusNormalClosure, "")
+		return nil, &RejectError{Reason: m.Reason}
+	default:
+		conn.Close(websocket.StatusPolicyViolation, "expected welcome")
+		return nil, fmt.Errorf("read welcome: got a %s message", m.Type())
+	}
+}
+
+// heartbeats sends a Heartbeat every interval the node asked for.
+func (s *workerSession) heartbeats(ctx context.Context) {
+	interval := time.Duration(s.welcome.HeartbeatMillis) * time.Millisecond
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			s.mu.Lock()
+			running := len(s.jobs)
+			s.mu.Unlock()
+			hb := &Heartbeat{RunningJobs: running, Load1: loadAverage(), FreeDiskBytes: freeDisk(s.cfg.StoreDir)}
+			if err := s.conn.Write(ctx, hb); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (s *workerSession) readLoop(ctx context.Context, wg *sync.WaitGroup) error {
+	for {
+		m, err := s.conn.Read(ctx)
+		if errors.Is(err, ErrMalformed) {
+			s.log.Warn("malformed frame from the node: closing the connection", "err", err)
+			s.conn.Close(websocket.StatusUnsupportedData, err.Error())
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		switch m := m.(type) {
+		case *JobOffer:
+			s.startJob(m, wg)
+		case *JobAbort:
+			s.mu.Lock()
+			cancel := s.jobs[m.Job]
+			s.mu.Unlock()
+			if cancel != nil {
+				s.log.Info("job aborted by the node", "job", m.Job)
+				cancel()
+			}
+		case *PathQuery:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.answerQuery(ctx, m)
+			}()
+		case *PathAnswer:
+			s.deliver(func() { deliverTo(s.queries, m.ID, m) })
+		case *NAROffset:
+			s.deliver(func() { deliverTo(s.offsets, m.Upload, m) })
+		case *NARStored:
+			s.deliver(func() { deliverTo(s.stored, m.Upload, m) })
+		case *Heartbeat, *Welcome:
+			// A node may echo these; they carry nothing for the worker.
+		default:
+			reason := fmt.Sprintf("unexpected %s message from the node", m.Type())
+			s.conn.Close(websocket.StatusPolicyViolation, reason)
+			return errors.New(reason)
+		}
+	}
+}
+
+func (s *workerSession) deliver(fn func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn()
+}
+
+// deliverTo hands m to the waiter registered under id, if any. Each
+// channel has room for one message.
+func deliverTo[M any](waiters map[uint64]chan M, id uint64, m M) {
+	if ch, ok := waiters[id]; ok {
+		delete(waiters, id)
+		ch <- m
+	}
+}
+
+// startJob accepts an offer when a slot is free and runs the job in the
+// background, or declines it.
+func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
+	decline := ""
+	s.mu.Lock()
+	switch {
+	case len(s.jobs) >= s.cfg.MaxJobs:
+		decline = fmt.Sprintf("all %d job slots are busy", s.cfg.MaxJobs)
+	case offer.Eval != nil && !slices.Contains(s.cfg.Capabilities, CapEval):
+		decline = "this worker does not evaluate"
+	case offer.Build != nil && !slices.Contains(s.cfg.Capabilities, CapBuild):
+		decline = "this worker does not build"
+	case s.jobs[offer.Job] != nil:
+		decline = "a job with this ID runs already"
+	}
+	if decline != "" {
+		s.mu.Unlock()
+		_ = s.conn.Write(s.ctx, &JobDecline{Job: offer.Job, Reason: decline})
+		return
+	}
+	jobCtx, cancel := context.WithCancel(s.ctx)
+	s.jobs[offer.Job] = cancel
+	s.mu.Unlock()
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() {
+			cancel()
+			s.mu.Lock()
+			delete(s.jobs, offer.Job)
+			s.mu.Unlock()
+		}()
+		if err := s.conn.Write(s.ctx, &JobAccept{Job: offer.Job}); err != nil {
+			return
+		}
+		result := s.runJob(jobCtx, offer)
+		_ = s.conn.Write(s.ctx, result)
+	}()
+}
+
+// runJob runs one job with the session's Worker and returns its result.
+func (s *workerSession) runJob(ctx context.Context, offer *JobOffer) *JobResult {
+	log := &logWriter{s: s, job: offer.Job}
+	sink := &remoteSink{s: s, job: offer.Job}
+	result := &JobResult{Job: offer.Job}
+	var err error
+	if offer.Eval != nil {
+		var res EvalResult
+		res, err = s.worker.Evaluate(ctx, *offer.Eval, log)
+		if err == nil && !offer.Eval.ListOnly {
+			err = s.uploadDerivations(ctx, res, sink)
+		}
+		result.Eval = &res
+	} else {
+		var res BuildResult
+		res, err = s.worker.Build(ctx, *offer.Build, log, sink)
+		result.Build = &res
+	}
+	if err != nil {
+		result.Eval, result.Build = nil, nil
+		result.Error = &JobError{BuildFailed: IsBuildError(err), Message: err.Error()}
+		var be *BuildError
+		if errors.As(err, &be) {
+			result.Error.Message = be.Message
+		}
+	}
+	return result
+}
+
+// uploadDerivations uploads the .drv closure of an evaluation result to
+// the node when the worker can.
+func (s *workerSession) uploadDerivations(ctx context.Context, res EvalResult, sink NARSink) error {
+	up, ok := s.worker.(PathUploader)
+	if !ok || len(res.Derivations) == 0 {
+		return nil
+	}
+	drvs := make([]string, 0, len(res.Derivations))
+	for _, d := range res.Derivations {
+		drvs = append(drvs, d.DrvPath)
+	}
+	if err := up.UploadClosure(ctx, drvs, sink); err != nil {
+		return fmt.Errorf("upload derivations to the node: %w", err)
+	}
+	return nil
+}
+
+// answerQuery sends the reply to the node's PathQuery about the worker's
+// store.
+func (s *workerSession) answerQuery(ctx context.Context, q *PathQuery) {
+	answer := &PathAnswer{ID: q.ID}
+	if holder, ok := s.worker.(PathHolder); ok {
+		have, err := holder.HavePaths(ctx, q.Paths)
+		if err != nil {
+			answer.Error = err.Error()
+		}
+		answer.Have = have
+	}
+	_ = s.conn.Write(s.ctx, answer)
+}
+
+// logWriter streams a job's output to the node in LogChunks.
+type logWriter struct {
+	s   *workerSession
+	job uint64
+}
+
+// Write sends p in chunks. It returns an error wrapping ErrConnectionLost
+// when a chunk cannot be written.
+func (w *logWriter) Write(p []byte) (int, error) {
+	for sent := 0; sent < len(p); {
+		n := min(len(p)-sent, MaxChunkSize)
+		data := make([]byte, n)
+		copy(data, p[sent:sent+n])
+		if err := w.s.conn.Write(w.s.ctx, &LogChunk{Job: w.job, Data: data}); err != nil {
+			return sent, fmt.Errorf("send log: %w: %w", ErrConnectionLost, err)
+		}
+		sent += n
+	}
+	return len(p), nil
+}
+
+var _ io.Writer = (*logWriter)(nil)
