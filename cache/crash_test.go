@@ -87,7 +87,7 @@ func putNARsForever(t *testing.T, dir string) {
 	db := openDiskDB(t, dir)
 	defer db.Close()
 
-	s, err := New(db, Config{Dir: filepath.Join(dir, "cache"), SecretKey: testSecretKey}, testLogger(t))
+	s, err := New(db, Config{Dir: filepath.Join(dir, "cache"), SecretKey: testSecretKey, NoDefaultUpstream: true}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package cache
 import (
 	"bufio"
 	"bytes"
+	"compress/bzip2"
 	"errors"
 	"fmt"
 	"io"
@@ -24,7 +25,7 @@ const maxDecoderWindow = 64 << 20
 var errDecoderLimit = errors.New("compression window too large")
 
 // newDecompressor returns a reader of the NAR inside a file compressed
-// with compression: "none", "xz" or "zstd". For xz the caller must first
+// with compression: "none", "bzip2", "xz" or "zstd". For xz the caller must first
 // check the file with checkXZDictionaries.
 func newDecompressor(compression string, file io.Reader) (io.ReadCloser, error) {
 	switch compression {
@@ -40,6 +41,10 @@ func newDecompressor(compression string, file io.Reader) (io.ReadCloser, error) 
 		}
 
 		return zstdReadCloser{dec}, nil
+	case "bzip2":
+		// bzip2 blocks are at most 900 kB, so the decoder's memory is
+		// bounded.
+		return io.NopCloser(bzip2.NewReader(file)), nil
 	case "xz":
 		dec, err := xz.NewReader(file)
 		if err != nil {

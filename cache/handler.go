@@ -25,7 +25,8 @@ const (
 
 var (
 	narInfoPathRe = regexp.MustCompile(`^([0-9a-df-np-sv-z]{32})\.narinfo$`)
-	narPathRe     = regexp.MustCompile(`^nar/([0-9a-df-np-sv-z]{52}\.nar(\.xz|\.zst)?)$`)
+	narPathRe     = regexp.MustCompile(`^nar/([0-9a-df-np-sv-z]{52}\.nar(\.xz|\.zst|\.bz2)?)$`)
+	listingPathRe = regexp.MustCompile(`^([0-9a-df-np-sv-z]{32})\.ls$`)
 )
 
 // LogSource opens build logs for the log/ endpoint.
@@ -52,15 +53,20 @@ type HandlerOptions struct {
 // the mount prefix first, for example with http.StripPrefix("/cache/main",
 // h). It serves:
 //
-//	GET  nix-cache-info
-//	GET  <hash>.narinfo          HEAD too
-//	GET  nar/<file>              HEAD too, with Range support
+//	GET  nix-cache-info          Priority by client address
+//	GET  <hash>.narinfo          HEAD too, ?json for JSON, pulled from upstreams
+//	GET  <hash>.ls               NAR listing of a stored NAR
+//	GET  nar/<file>              HEAD too, with Range support, pulled from upstreams
 //	GET  log/<drv base name>     from opts.Logs
-//	PUT  nar/<file>              .nar, .nar.xz or .nar.zst, authorized
+//	GET  realisations/<id>.doi   and build-trace-v2/<id>, as uploaded
+//	PUT  nar/<file>              .nar, .nar.xz, .nar.zst or .nar.bz2, authorized
 //	PUT  <hash>.narinfo          authorized, after its NAR
+//	PUT  realisations/..., build-trace-v2/...   authorized
 //
-// Unknown paths and store paths the cache does not hold get 404 with an
-// empty body. Paths with empty, "." or ".." segments get 400.
+// Unknown paths and store paths that neither the cache nor an upstream
+// holds get 404 with an empty body. A miss that an upstream failure may
+// have caused gets 502, or 504 when an upstream timed out, so nix does not
+// remember it as missing. Paths with empty, "." or ".." segments get 400.
 func (s *Store) Handler(opts HandlerOptions) http.Handler {
 	return &handler{store: s, opts: opts}
 }
@@ -97,37 +103,74 @@ func (h *handler) serveRead(w http.ResponseWriter, r *http.Request, name string)
 		h.serveNarInfo(w, r, narInfoPathRe.FindStringSubmatch(name)[1])
 	case narPathRe.MatchString(name):
 		h.serveNAR(w, r, narPathRe.FindStringSubmatch(name)[1])
+	case listingPathRe.MatchString(name):
+		h.serveListing(w, r, listingPathRe.FindStringSubmatch(name)[1])
 	case strings.HasPrefix(name, "log/"):
 		h.serveLog(w, r, strings.TrimPrefix(name, "log/"))
+	case isRealisationPath(name):
+		h.serveRealisation(w, r, name)
 	default:
 		notFound(w)
 	}
 }
 
 func (h *handler) serveCacheInfo(w http.ResponseWriter, r *http.Request) {
-	body := fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", h.store.cfg.StoreDir, h.store.cfg.Priority)
+	priority := h.store.currentSettings().priorityFor(clientAddr(r, h.store.cfg.TrustedProxies))
+	body := fmt.Sprintf("StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", h.store.cfg.StoreDir, priority)
+
+	// The priority depends on the client, so a shared cache must not
+	// hand one client's answer to another.
+	w.Header().Set("Vary", "X-Forwarded-For")
+	w.Header().Set("Cache-Control", "private")
 	writeBody(w, r, cacheInfoContentType, []byte(body))
 }
 
 func (h *handler) serveNarInfo(w http.ResponseWriter, r *http.Request, hashPart string) {
-	data, err := h.store.narInfoBytes(r.Context(), hashPart)
-	if errors.Is(err, ErrNotFound) {
-		notFound(w)
+	data, result, err := h.store.lookupNarInfo(r.Context(), hashPart)
+	if err != nil {
+		h.lookupError(w, r, "narinfo", err)
 		return
 	}
 
-	if err != nil {
-		h.internalError(w, r, err)
+	h.store.metrics.requests.WithLabelValues("narinfo", result).Inc()
+
+	if _, ok := r.URL.Query()["json"]; ok {
+		h.serveNarInfoJSON(w, r, data)
 		return
 	}
 
 	writeBody(w, r, narinfo.ContentType, data)
 }
 
+// lookupError answers a failed lookup: 404 for a true miss, 504 when an
+// upstream timed out, 502 for another upstream failure and 500 for a
+// local failure.
+func (h *handler) lookupError(w http.ResponseWriter, r *http.Request, kind string, err error) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		h.store.metrics.requests.WithLabelValues(kind, resultMiss).Inc()
+		notFound(w)
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client is gone and reads no answer.
+	case errors.Is(err, ErrUpstreamUnavailable), errors.Is(err, ErrHashMismatch), errors.Is(err, context.DeadlineExceeded):
+		h.store.metrics.requests.WithLabelValues(kind, resultError).Inc()
+
+		code := http.StatusBadGateway
+		if errors.Is(err, context.DeadlineExceeded) {
+			code = http.StatusGatewayTimeout
+		}
+
+		httpError(w, code, "upstream caches failed, try again later")
+	default:
+		h.store.metrics.requests.WithLabelValues(kind, resultError).Inc()
+		h.internalError(w, r, err)
+	}
+}
+
 func (h *handler) serveNAR(w http.ResponseWriter, r *http.Request, fileName string) {
 	f, err := os.Open(filepath.Join(h.store.narDir, fileName))
 	if errors.Is(err, fs.ErrNotExist) {
-		notFound(w)
+		h.servePulledNAR(w, r, fileName)
 		return
 	}
 
@@ -138,10 +181,33 @@ func (h *handler) serveNAR(w http.ResponseWriter, r *http.Request, fileName stri
 
 	defer f.Close()
 
+	h.store.metrics.requests.WithLabelValues("nar", resultHit).Inc()
+	h.serveNARFile(w, r, f, "local")
+}
+
+// serveNARFile sends a complete NAR file, with Range support.
+func (h *handler) serveNARFile(w http.ResponseWriter, r *http.Request, f *os.File, source string) {
 	w.Header().Set("Content-Type", narContentType)
+
+	counter := &countingResponseWriter{ResponseWriter: w}
+
 	// Files in the nar directory never change once they are there, so
 	// there is no modification time to offer for conditional requests.
-	http.ServeContent(w, r, "", time.Time{}, f)
+	http.ServeContent(counter, r, "", time.Time{}, f)
+	h.store.metrics.servedBytes.WithLabelValues(source).Add(float64(counter.n))
+}
+
+// countingResponseWriter counts the body bytes written through it.
+type countingResponseWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (w *countingResponseWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+
+	return n, err
 }
 
 func (h *handler) serveLog(w http.ResponseWriter, r *http.Request, drvName string) {
@@ -226,3 +292,18 @@ func httpError(w http.ResponseWriter, code int, message string) {
 	w.WriteHeader(code)
 	fmt.Fprintln(w, message)
 }
+
+// ReadFrom keeps the sendfile path of the underlying writer.
+func (w *countingResponseWriter) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err := rf.ReadFrom(r)
+		w.n += n
+
+		return n, err
+	}
+
+	return io.Copy(writerOnly{w}, r)
+}
+
+// writerOnly hides ReadFrom so io.Copy does not call it again.
+type writerOnly struct{ io.Writer }

@@ -69,9 +69,10 @@ func newTestStore(t testing.TB, modify func(*Config)) *Store {
 	t.Helper()
 
 	cfg := Config{
-		Dir:       t.TempDir(),
-		SecretKey: testSecretKey,
-		Clock:     &fakeClock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)},
+		Dir:               t.TempDir(),
+		SecretKey:         testSecretKey,
+		Clock:             &fakeClock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)},
+		NoDefaultUpstream: true,
 	}
 	if modify != nil {
 		modify(&cfg)
@@ -81,6 +82,8 @@ func newTestStore(t testing.TB, modify func(*Config)) *Store {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+
+	t.Cleanup(func() { s.Close() })
 
 	return s
 }

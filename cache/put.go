@@ -212,6 +212,9 @@ func sizeString(n, limit uint64) string {
 // signs ni and stores it together with record. The order makes sure a
 // stored narinfo never names a missing file, even after a crash.
 func (s *Store) commit(ni *narinfo.NarInfo, tmp, fileName string, record narRecord) error {
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+
 	if err := os.Rename(tmp, filepath.Join(s.narDir, fileName)); err != nil {
 		os.Remove(tmp)
 		return err
@@ -225,6 +228,7 @@ func (s *Store) commit(ni *narinfo.NarInfo, tmp, fileName string, record narReco
 }
 
 // storeNarInfo signs ni and stores it with the record of its NAR file.
+// The caller holds gcMu for reading from before it checked the file.
 func (s *Store) storeNarInfo(ni *narinfo.NarInfo, fileName string, record narRecord) error {
 	if err := narinfo.Sign(ni, s.key); err != nil {
 		return err
@@ -237,8 +241,22 @@ func (s *Store) storeNarInfo(ni *narinfo.NarInfo, fileName string, record narRec
 
 	hashPart := narinfo.HashPart(ni.StorePath)
 
+	meta, err := json.Marshal(pathMeta{Origin: originUpload, LastUsed: s.cfg.Clock.Now().Unix()})
+	if err != nil {
+		return err
+	}
+
 	err = s.db.Update(func(txn *badger.Txn) error {
 		if err := txn.Set(s.narRecordKey(fileName), recordJSON); err != nil {
+			return err
+		}
+
+		// An uploaded file replaces a download that has not started.
+		if err := txn.Delete(s.pullKey(fileName)); err != nil {
+			return err
+		}
+
+		if err := txn.Set(s.metaKey(hashPart), meta); err != nil {
 			return err
 		}
 

@@ -4,17 +4,25 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/cache/upstream"
 	"github.com/gradient-ci/gradient/protocol"
 )
 
@@ -33,6 +41,16 @@ const (
 	// DefaultUploadTTL is how long an uploaded NAR waits for its narinfo
 	// when Config.UploadTTL is zero.
 	DefaultUploadTTL = time.Hour
+	// DefaultUpstreamBudget is Config.UpstreamBudget when it is zero.
+	DefaultUpstreamBudget = 2 * time.Second
+	// DefaultClosureTimeout is Config.ClosureTimeout when it is zero.
+	DefaultClosureTimeout = 15 * time.Second
+	// DefaultNARIdleTimeout is Config.NARIdleTimeout when it is zero.
+	DefaultNARIdleTimeout = 30 * time.Second
+	// DefaultNegativeTTL is Config.NegativeTTL when it is zero.
+	DefaultNegativeTTL = 30 * time.Second
+	// DefaultGCInterval is Config.GCInterval when it is zero.
+	DefaultGCInterval = time.Hour
 )
 
 var (
@@ -86,6 +104,38 @@ type Config struct {
 	UploadTTL time.Duration
 	// Clock defaults to the system clock.
 	Clock Clock
+
+	// NoDefaultUpstream leaves out DefaultUpstreamURL when the cache is
+	// created. It has no effect on a cache whose settings are stored.
+	NoDefaultUpstream bool
+	// UpstreamClient sends the requests to upstreams. It defaults to
+	// upstream.NewHTTPClient, which gives up on a connect or on response
+	// headers after about three seconds.
+	UpstreamClient *http.Client
+	// UpstreamBreaker configures the circuit breaker of each upstream.
+	UpstreamBreaker upstream.BreakerConfig
+	// UpstreamBudget bounds the wait for the upstreams' answers to one
+	// narinfo request. It defaults to 2 s.
+	UpstreamBudget time.Duration
+	// ClosureTimeout bounds the pull of a narinfo together with the
+	// narinfos of its closure, which are pulled first. It defaults to 15 s.
+	ClosureTimeout time.Duration
+	// NARIdleTimeout aborts an upstream NAR download that receives no
+	// bytes for this long. It defaults to 30 s.
+	NARIdleTimeout time.Duration
+	// NegativeTTL is how long a narinfo that no upstream holds is answered
+	// with 404 without asking them again. It defaults to 30 s; a negative
+	// value turns this off.
+	NegativeTTL time.Duration
+	// TrustedProxies are the addresses whose X-Forwarded-For header is
+	// believed when nix-cache-info picks the priority for a client.
+	TrustedProxies []netip.Prefix
+	// Roots lists the output paths of recent evaluations, which garbage
+	// collection keeps. When it is nil only pins keep paths.
+	Roots RootSource
+	// GCInterval is how often Run collects garbage. It defaults to one
+	// hour.
+	GCInterval time.Duration
 }
 
 // Store is one named binary cache. Its methods are safe for concurrent
@@ -103,6 +153,34 @@ type Store struct {
 	narDir      string
 	incomingDir string
 	tmpDir      string
+
+	// settings are the current settings, replaced as a whole under
+	// settingsMu.
+	settings   atomic.Pointer[compiledSettings]
+	settingsMu sync.Mutex
+
+	// narInfoFlights makes concurrent pulls of one narinfo share one
+	// upstream fetch, keyed by hash part.
+	narInfoFlights singleflight.Group
+	// narFlightsMu guards narFlights, the running NAR downloads by file
+	// name.
+	narFlightsMu sync.Mutex
+	narFlights   map[string]*narFlight
+
+	negative negativeCache
+	lastUsed sync.Map // hash part -> unix seconds of the last read
+	metrics  *metrics
+
+	// gcMu is held for writing while garbage collection deletes, and for
+	// reading by every commit of a narinfo, so a commit never names a NAR
+	// file that collection is deleting.
+	gcMu sync.RWMutex
+
+	// background is the context of upstream fetches, which outlive the
+	// request that started them. Close cancels it and waits for fetches.
+	background context.Context
+	stop       context.CancelFunc
+	fetches    sync.WaitGroup
 }
 
 var _ protocol.NARSink = (*Store)(nil)
@@ -120,7 +198,13 @@ func New(db *badger.DB, cfg Config, logger *slog.Logger) (*Store, error) {
 		return nil, fmt.Errorf("open cache %q: %w", cfg.Name, err)
 	}
 
+	background, stop := context.WithCancel(context.Background())
+
 	s := &Store{
+		background:  background,
+		stop:        stop,
+		narFlights:  map[string]*narFlight{},
+		metrics:     newMetrics(cfg.Name),
 		db:          db,
 		cfg:         cfg,
 		key:         key,
@@ -138,7 +222,26 @@ func New(db *badger.DB, cfg Config, logger *slog.Logger) (*Store, error) {
 		}
 	}
 
+	s.negative.ttl = cfg.NegativeTTL
+
+	if err := s.loadSettings(); err != nil {
+		return nil, err
+	}
+
 	return s, nil
+}
+
+// Close cancels the upstream downloads that are still running and waits
+// for them to stop. The Store must not be used afterwards. The caller
+// still closes the badger database.
+func (s *Store) Close() error {
+	s.narFlightsMu.Lock()
+	s.stop()
+	s.narFlightsMu.Unlock()
+
+	s.fetches.Wait()
+
+	return nil
 }
 
 func (cfg *Config) setDefaults() error {
@@ -185,6 +288,28 @@ func (cfg *Config) setDefaults() error {
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}
+
+	if cfg.UpstreamBudget <= 0 {
+		cfg.UpstreamBudget = DefaultUpstreamBudget
+	}
+
+	if cfg.ClosureTimeout <= 0 {
+		cfg.ClosureTimeout = DefaultClosureTimeout
+	}
+
+	if cfg.NARIdleTimeout <= 0 {
+		cfg.NARIdleTimeout = DefaultNARIdleTimeout
+	}
+
+	if cfg.NegativeTTL == 0 {
+		cfg.NegativeTTL = DefaultNegativeTTL
+	}
+
+	if cfg.GCInterval <= 0 {
+		cfg.GCInterval = DefaultGCInterval
+	}
+
+	cfg.TrustedProxies = slices.Clone(cfg.TrustedProxies)
 
 	return nil
 }

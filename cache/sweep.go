@@ -7,27 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 )
-
-// Run removes stale uploads every quarter of Config.UploadTTL until ctx is
-// done, and then returns ctx's error. It logs the failures of a pass and
-// keeps going.
-func (s *Store) Run(ctx context.Context) error {
-	ticker := time.NewTicker(s.cfg.UploadTTL / 4)
-	defer ticker.Stop()
-
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-ticker.C:
-			if _, err := s.RemoveStaleUploads(ctx); err != nil {
-				s.logger.Warn("remove stale uploads failed", "error", err)
-			}
-		}
-	}
-}
 
 // RemoveStaleUploads deletes uploaded NARs that have waited longer than
 // Config.UploadTTL for their narinfo, and temporary files that were last

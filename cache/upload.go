@@ -53,8 +53,10 @@ func (h *handler) serveUpload(w http.ResponseWriter, r *http.Request, name strin
 		err = h.store.putUploadedNAR(r.Context(), narPathRe.FindStringSubmatch(name)[1], http.MaxBytesReader(w, r.Body, h.store.cfg.MaxNARSize))
 	case strings.HasPrefix(name, "nar/"):
 		err = badRequest("invalid NAR file name %q: use nar/<nix32 SHA-256 of the file>.nar, .nar.xz or .nar.zst", name)
+	case isRealisationPath(name):
+		err = h.store.putRealisation(name, r.Body)
 	case strings.HasPrefix(name, "log/"), strings.HasSuffix(name, ".ls"), strings.HasPrefix(name, "realisations/"), strings.HasPrefix(name, "debuginfo/"):
-		err = &uploadError{code: http.StatusForbidden, msg: fmt.Sprintf("this cache does not accept uploads of %q, only NARs and narinfo files", name)}
+		err = &uploadError{code: http.StatusForbidden, msg: fmt.Sprintf("this cache does not accept uploads of %q, only NARs, narinfo and realisation files", name)}
 	default:
 		err = badRequest("invalid upload path %q: use <hash>.narinfo or nar/<file>", name)
 	}
@@ -110,6 +112,7 @@ var extensionCompression = map[string]string{
 	".nar":     "none",
 	".nar.xz":  "xz",
 	".nar.zst": "zstd",
+	".nar.bz2": "bzip2",
 }
 
 // narExtension returns the extension of a NAR file name that matches
@@ -259,6 +262,9 @@ func (s *Store) claimUpload(fileName string) (string, error) {
 // and is rejected. nix uploads each NAR before its narinfo, so this needs
 // two paths with identical contents uploaded in parallel.
 func (s *Store) reuseNAR(ctx context.Context, ni *narinfo.NarInfo, fileName string) error {
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
+
 	record, err := s.narRecord(fileName)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		record, err = s.measureStoredNAR(ctx, ni, fileName)

@@ -291,7 +291,7 @@ func TestUploadRejects(t *testing.T) {
 			wantCode: http.StatusBadRequest, wantText: "invalid NAR file name",
 		},
 		{
-			name: "NAR with bz2 extension", path: "nar/1xsjkazpfgyyy38br89kz2plvdb4dkqcjl5mh0n2py3ndf0sc48j.nar.bz2", narInfo: "x",
+			name: "NAR with gz extension", path: "nar/1xsjkazpfgyyy38br89kz2plvdb4dkqcjl5mh0n2py3ndf0sc48j.nar.gz", narInfo: "x",
 			wantCode: http.StatusBadRequest, wantText: "invalid NAR file name",
 		},
 		{
