@@ -446,8 +446,8 @@ func (st *gcState) referrerClosure(hashPart string, referrers map[string][]strin
 		order = append(order, h)
 	}
 
+	// Each path is appended after its referrers.
 	visit(hashPart)
-	slices.Reverse(order)
 
 	return order
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"strconv"
@@ -75,9 +76,15 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 	h.streamFlight(w, r, flight, info)
 }
 
-// serveCommittedNAR serves the file of a finished download.
+// serveCommittedNAR serves the file of a finished download. A download
+// whose path was evicted meanwhile left no file.
 func (h *handler) serveCommittedNAR(w http.ResponseWriter, r *http.Request, path string) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		notFound(w)
+		return
+	}
+
 	if err != nil {
 		h.internalError(w, r, err)
 		return

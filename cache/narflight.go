@@ -18,8 +18,14 @@ import (
 	"github.com/gradient-ci/gradient/cache/upstream"
 )
 
-// errClosed is returned for downloads started after Close.
-var errClosed = errors.New("cache is closed")
+var (
+	// errClosed is returned for downloads started after Close.
+	errClosed = errors.New("cache is closed")
+	// errEvicted is returned by a download whose path garbage collection
+	// removed meanwhile. Its bytes are checked, so the readers that follow
+	// it still get a complete file, but it is not stored.
+	errEvicted = errors.New("path evicted during the download")
+)
 
 // downloadBufferSize is the size of the buffer of one NAR download.
 const downloadBufferSize = 256 << 10
@@ -185,7 +191,13 @@ func (s *Store) narFlightFor(fileName string, record pullRecord, info *narinfo.N
 
 		s.metrics.upstreamLatency.WithLabelValues(record.Upstream, "nar").Observe(time.Since(start).Seconds())
 
-		if err != nil {
+		switch {
+		case errors.Is(err, errEvicted):
+			os.Remove(tmp.Name())
+			s.logger.Debug("pulled NAR not stored because its path was evicted", "nar_file", fileName)
+
+			err = nil
+		case err != nil:
 			os.Remove(tmp.Name())
 			s.countUpstreamError(record.Upstream, fmt.Errorf("download NAR %q: %w", fileName, err))
 		}
@@ -297,7 +309,9 @@ func (s *Store) checkAndCommitPulled(ctx context.Context, f *narFlight, tmp *os.
 
 	// Garbage collection may have removed the narinfo while the file was
 	// downloading, and with it the pull record.
-	if _, err := s.pullRecordOf(f.fileName); err != nil {
+	if _, err := s.pullRecordOf(f.fileName); errors.Is(err, ErrNotFound) {
+		return errEvicted
+	} else if err != nil {
 		return fmt.Errorf("commit NAR %q: %w", f.fileName, err)
 	}
 

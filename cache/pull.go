@@ -264,8 +264,10 @@ func (s *Store) pullReferences(ctx context.Context, info *narinfo.NarInfo, ances
 		}
 
 		g.Go(func() error {
+			// A reference that the upstreams lack is their fault, not a
+			// miss of the path itself, so ErrNotFound is not wrapped.
 			if _, err := s.pullNarInfo(gctx, hashPart, ancestors); err != nil {
-				return fmt.Errorf("reference %q: %w", ref, err)
+				return fmt.Errorf("reference %q: %v", ref, err)
 			}
 
 			return nil
