@@ -44,6 +44,9 @@ type Cache struct {
 	// URL is the substituter URL as seen from this node's listen address.
 	URL     string       `json:"url"`
 	Handler http.Handler `json:"-"`
+	// Admin serves the settings, upstreams, gc and stats endpoints of the
+	// cache. When it is nil they answer 404.
+	Admin CacheAdmin `json:"-"`
 }
 
 // Config holds what the server needs. All fields are required except
@@ -99,6 +102,7 @@ func New(cfg Config) *Server {
 		r.Get("/builds/{id}/log", s.getBuildLog)
 		r.Get("/caches", s.listCaches)
 		r.Get("/caches/{name}", s.getCache)
+		s.cacheRoutes(r)
 		r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, "no API endpoint %s %s: see docs/api.md", r.Method, r.URL.Path)
 		})
