@@ -1,0 +1,365 @@
+package mesh
+
+import (
+	"bufio"
+	"bytes"
+	"compress/bzip2"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"path"
+	"slices"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/mesh/wire"
+	"github.com/gradient-ci/gradient/protocol"
+)
+
+// ErrBadData is wrapped when a peer serves a narinfo or NAR that fails
+// verification: a narinfo for another path or without a member's
+// signature, or a NAR whose size or hash differs from its narinfo. The
+// peer is blocked for Config.BlockDuration.
+var ErrBadData = errors.New("peer served bad data")
+
+// errUnsupported is wrapped when a peer serves a NAR compressed in a
+// format the mesh does not decompress. The peer is not blocked.
+var errUnsupported = errors.New("unsupported compression")
+
+// maxDecoderWindow bounds the memory of a zstd decoder.
+const maxDecoderWindow = 64 << 20
+
+// Fetch copies storePath from the nearest peer that provides it into
+// sink, which verifies it again and stores it. It tries hints first, such
+// as the peer that announced it built the path, then the providers that
+// FindProviders returns. A peer that serves bad data is blocked and the
+// next one tried. It returns the peer that served the path, or an error
+// wrapping ErrNotFound when no peer served it, so the caller goes on to
+// its upstreams. An error of sink other than a verification failure ends
+// the fetch.
+func (n *Node) Fetch(ctx context.Context, storePath string, sink protocol.NARSink, hints ...peer.ID) (peer.ID, error) {
+	_, base, err := narinfo.SplitStorePath(storePath)
+	if err != nil {
+		return "", fmt.Errorf("fetch %q from the mesh: %w", storePath, err)
+	}
+
+	hashPart := narinfo.HashPart(base)
+	logger := n.logger.With("store_path", storePath)
+
+	f := n.Federation()
+	hints = slices.DeleteFunc(slices.Clone(hints), func(id peer.ID) bool { return id == n.host.ID() || !f.Admits(id) })
+	tried := map[peer.ID]bool{}
+
+	try := func(ids []peer.ID) (peer.ID, error) {
+		for _, c := range n.rank(ids) {
+			id := peer.ID(c.Peer)
+			if tried[id] {
+				continue
+			}
+			tried[id] = true
+
+			err := n.fetchFrom(ctx, id, storePath, hashPart, sink)
+			switch {
+			case err == nil:
+				n.metrics.fetches.WithLabelValues(fetchFetched).Inc()
+				logger.Info("fetched a path from a peer", "remote_peer_id", id.String())
+				return id, nil
+			case errors.Is(err, ErrBadData):
+				n.metrics.fetches.WithLabelValues(fetchBadData).Inc()
+				n.block(id)
+				logger.Warn("blocked a peer that served bad data", "remote_peer_id", id.String(), "error", err)
+			case errors.Is(err, errSink):
+				n.metrics.fetches.WithLabelValues(fetchError).Inc()
+				return "", fmt.Errorf("fetch %q from %s: %w", storePath, id, err)
+			case ctx.Err() != nil:
+				return "", fmt.Errorf("fetch %q from the mesh: %w", storePath, ctx.Err())
+			default:
+				n.metrics.fetches.WithLabelValues(fetchError).Inc()
+				logger.Info("fetching from a peer failed, trying the next", "remote_peer_id", id.String(), "error", err)
+			}
+		}
+
+		return "", nil
+	}
+
+	if id, err := try(hints); id != "" || err != nil {
+		return id, err
+	}
+
+	if id, err := try(n.findProviderIDs(ctx, hashPart)); id != "" || err != nil {
+		return id, err
+	}
+
+	n.metrics.fetches.WithLabelValues(fetchNotFound).Inc()
+
+	return "", fmt.Errorf("fetch %q from the mesh: %w", storePath, ErrNotFound)
+}
+
+// errSink marks an error of the sink that is not about the data.
+var errSink = errors.New("storing the path failed")
+
+func (n *Node) block(id peer.ID) {
+	now := n.cfg.Now()
+
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	n.blocklist.Block(string(id), now)
+}
+
+// fetchFrom requests hashPart from one peer and streams it into sink.
+func (n *Node) fetchFrom(ctx context.Context, id peer.ID, storePath, hashPart string, sink protocol.NARSink) error {
+	dialCtx, cancel := context.WithTimeout(ctx, n.cfg.DialTimeout)
+	s, err := n.host.NewStream(dialCtx, id, wire.NARProtocol)
+	cancel()
+
+	if err != nil {
+		return fmt.Errorf("open stream: %w", err)
+	}
+	defer s.Close()
+
+	// Closing the stream when ctx ends unblocks a read in progress.
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+
+	if err := wire.WriteRequest(s, wire.Request{HashPart: hashPart}); err != nil {
+		s.Reset()
+		return fmt.Errorf("send request: %w", err)
+	}
+
+	if err := s.CloseWrite(); err != nil {
+		s.Reset()
+		return fmt.Errorf("send request: %w", err)
+	}
+
+	r := bufio.NewReader(&deadlineReader{s: s, timeout: n.cfg.ReadTimeout})
+
+	resp, err := wire.ReadResponse(r, narinfo.MaxSize, n.cfg.MaxNARSize)
+	switch {
+	case errors.Is(err, wire.ErrMalformed):
+		s.Reset()
+		return fmt.Errorf("%w: %w", ErrBadData, err)
+	case err != nil:
+		s.Reset()
+		return err
+	case resp.Status == wire.StatusNotFound:
+		return fmt.Errorf("peer does not hold the path")
+	case resp.Status == wire.StatusError:
+		return fmt.Errorf("peer failed: %q", resp.Message)
+	}
+
+	info, err := n.readNarInfo(r, resp, storePath)
+	if err != nil {
+		s.Reset()
+		return err
+	}
+
+	nar, err := newVerifiedNAR(io.LimitReader(r, resp.FileSize), info, resp.FileSize)
+	if err != nil {
+		s.Reset()
+		return err
+	}
+	defer nar.Close()
+
+	if err := sink.PutNAR(ctx, pathInfo(info), nar); err != nil {
+		s.Reset()
+
+		if nar.err != nil {
+			return nar.err
+		}
+
+		return fmt.Errorf("%w: %w", errSink, err)
+	}
+
+	return nil
+}
+
+// readNarInfo reads and verifies the narinfo that follows a response
+// header.
+func (n *Node) readNarInfo(r io.Reader, resp wire.Response, storePath string) (*narinfo.NarInfo, error) {
+	text := make([]byte, resp.NarInfoSize)
+	if _, err := io.ReadFull(r, text); err != nil {
+		return nil, fmt.Errorf("read narinfo: %w", err)
+	}
+
+	info, err := narinfo.Parse(bytes.NewReader(text))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadData, err)
+	}
+
+	switch {
+	case info.StorePath != storePath:
+		return nil, fmt.Errorf("%w: narinfo is for %q", ErrBadData, info.StorePath)
+	case info.NarSize > uint64(n.cfg.MaxNARSize):
+		return nil, fmt.Errorf("%w: NarSize %d exceeds the limit of %d bytes", ErrBadData, info.NarSize, n.cfg.MaxNARSize)
+	case info.FileSize != 0 && info.FileSize != uint64(resp.FileSize):
+		return nil, fmt.Errorf("%w: narinfo FileSize %d differs from the %d bytes sent", ErrBadData, info.FileSize, resp.FileSize)
+	}
+
+	if err := narinfo.Verify(info, n.Federation().Keys()); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadData, err)
+	}
+
+	return info, nil
+}
+
+// verifiedNAR decompresses a NAR file and checks the FileHash, NarSize
+// and NarHash of its narinfo as it is read. At the end of the NAR it
+// returns an error wrapping ErrBadData in place of io.EOF when they
+// differ, so a sink that reads to the end stores nothing bad.
+type verifiedNAR struct {
+	info     *narinfo.NarInfo
+	file     *hashingReader
+	fileSize int64
+	nar      io.Reader
+	closer   func()
+	narHash  hash.Hash
+	narSize  uint64
+	// err is the verification failure, kept for fetchFrom.
+	err error
+}
+
+func newVerifiedNAR(file io.Reader, info *narinfo.NarInfo, fileSize int64) (*verifiedNAR, error) {
+	v := &verifiedNAR{info: info, fileSize: fileSize, narHash: sha256.New(), closer: func() {}}
+	v.file = &hashingReader{r: file, h: sha256.New()}
+
+	switch info.Compression {
+	case "none":
+		v.nar = v.file
+	case "zstd":
+		dec, err := zstd.NewReader(v.file,
+			zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(maxDecoderWindow),
+			zstd.WithDecoderMaxMemory(maxDecoderWindow))
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd: %w", ErrBadData, err)
+		}
+		v.nar = dec
+		v.closer = dec.Close
+	case "bzip2":
+		v.nar = bzip2.NewReader(v.file)
+	default:
+		// NOTE: xz is not decompressed here, because its dictionary size
+		// is chosen by the sender and needs a check before decoding.
+		return nil, fmt.Errorf("%w %q", errUnsupported, info.Compression)
+	}
+
+	return v, nil
+}
+
+func (v *verifiedNAR) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+
+	// Read at most one byte past NarSize, which is enough to see that a
+	// NAR is too long.
+	if remaining := v.info.NarSize + 1 - v.narSize; uint64(len(p)) > remaining {
+		p = p[:remaining]
+	}
+
+	n, err := v.nar.Read(p)
+	v.narHash.Write(p[:n])
+	v.narSize += uint64(n)
+
+	if v.narSize > v.info.NarSize {
+		v.err = fmt.Errorf("%w: NAR is longer than NarSize %d", ErrBadData, v.info.NarSize)
+		return 0, v.err
+	}
+
+	switch {
+	case errors.Is(err, io.EOF):
+		if verr := v.verify(); verr != nil {
+			v.err = verr
+			return n, verr
+		}
+		return n, io.EOF
+	case err != nil:
+		// A decoder error means the file is corrupt, unless the stream
+		// itself failed.
+		if v.file.err == nil {
+			v.err = fmt.Errorf("%w: decompress: %w", ErrBadData, err)
+			return n, v.err
+		}
+		return n, err
+	}
+
+	return n, nil
+}
+
+// verify checks the sizes and hashes once the NAR ended.
+func (v *verifiedNAR) verify() error {
+	if v.narSize != v.info.NarSize {
+		return fmt.Errorf("%w: NAR has %d bytes, NarSize is %d", ErrBadData, v.narSize, v.info.NarSize)
+	}
+
+	if v.file.n != v.fileSize {
+		return fmt.Errorf("%w: NAR file ended after %d of %d bytes", ErrBadData, v.file.n, v.fileSize)
+	}
+
+	if got := v.narHash.Sum(nil); !slices.Equal(got, v.info.NarHash.Digest()) {
+		return fmt.Errorf("%w: NAR hash differs from NarHash", ErrBadData)
+	}
+
+	if v.info.FileHash != nil && v.info.FileHash.Algo() == nixhash.SHA256 {
+		if got := v.file.h.Sum(nil); !slices.Equal(got, v.info.FileHash.Digest()) {
+			return fmt.Errorf("%w: file hash differs from FileHash", ErrBadData)
+		}
+	}
+
+	return nil
+}
+
+// Close releases the decompressor.
+func (v *verifiedNAR) Close() { v.closer() }
+
+// hashingReader hashes and counts what it reads, and keeps the read error
+// of the underlying stream.
+type hashingReader struct {
+	r   io.Reader
+	h   hash.Hash
+	n   int64
+	err error
+}
+
+func (r *hashingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.h.Write(p[:n])
+	r.n += int64(n)
+
+	if err != nil && !errors.Is(err, io.EOF) {
+		r.err = err
+	}
+
+	return n, err
+}
+
+// pathInfo converts a verified narinfo to the PathInfo a NARSink takes.
+func pathInfo(info *narinfo.NarInfo) protocol.PathInfo {
+	storeDir := path.Dir(info.StorePath)
+
+	pi := protocol.PathInfo{
+		StorePath:  info.StorePath,
+		NarHash:    info.NarHash.Format(nixhash.SRI, true),
+		NarSize:    info.NarSize,
+		References: []string{},
+		CA:         info.CA,
+	}
+
+	for _, ref := range info.References {
+		pi.References = append(pi.References, storeDir+"/"+ref)
+	}
+
+	if info.Deriver != "" {
+		pi.Deriver = storeDir + "/" + info.Deriver
+	}
+
+	return pi
+}
+
