@@ -202,4 +202,3 @@ func (n *Node) buildLoop(ctx context.Context) {
 		}
 	}
 }
-

@@ -362,4 +362,3 @@ func pathInfo(info *narinfo.NarInfo) protocol.PathInfo {
 
 	return pi
 }
-

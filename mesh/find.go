@@ -30,7 +30,7 @@ type Provider struct {
 // most Config.LookupTimeout or until MaxProviders are found. It returns
 // them nearest first, without this node, non-members and blocked peers.
 // It returns an error wrapping ErrNotFound when there are none; a lookup
-// that timed out without an answer counts as none.
+// that timed out without a result counts as none.
 func (n *Node) FindProviders(ctx context.Context, storePath string) ([]Provider, error) {
 	_, base, err := narinfo.SplitStorePath(storePath)
 	if err != nil {
@@ -95,8 +95,8 @@ func (n *Node) rank(ids []peer.ID) []candidate.Candidate {
 	return candidates
 }
 
-// candidate describes id with what the peerstore knows of its addresses
-// and round-trip time.
+// candidate describes id with the addresses and round-trip time that the
+// peerstore records for it.
 func (n *Node) candidate(id peer.ID) candidate.Candidate {
 	c := candidate.Candidate{Peer: string(id), RTT: n.host.Peerstore().LatencyEWMA(id)}
 

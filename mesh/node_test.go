@@ -23,7 +23,9 @@ func TestFetchFromProvider(t *testing.T) {
 	if err := a.AnnouncePaths(p); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the announcement", func() bool { return a.Stats().AnnouncesInFlight == 0 && a.Stats().Paths == 1 && a.metrics.announced != nil && providersOf(c, p) > 0 })
+	waitFor(t, "the announcement", func() bool {
+		return a.Stats().AnnouncesInFlight == 0 && a.Stats().Paths == 1 && a.metrics.announced != nil && providersOf(c, p) > 0
+	})
 
 	providers, err := c.FindProviders(context.Background(), p)
 	if err != nil || len(providers) != 1 || providers[0].PeerID != a.ID() {

@@ -15,7 +15,7 @@ import (
 	"github.com/gradient-ci/gradient/mesh/wire"
 )
 
-// serveNAR answers one request of the /gradient/nar/1 protocol from the
+// serveNAR serves one request of the /gradient/nar/1 protocol from the
 // local cache.
 func (n *Node) serveNAR(s network.Stream) {
 	defer s.Close()
