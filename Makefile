@@ -4,7 +4,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build demo test deps vet bench fuzz
+.PHONY: all build demo test deps vet bench bench-cache fuzz
 
 all: build
 
@@ -26,5 +26,12 @@ test: deps
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# Measures the binary cache's narinfo requests/s and NAR MB/s next to
+# nginx serving the same files, in one run (docs/benchmarks.md). nginx is
+# installed when missing and apt-get is available.
+bench-cache:
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || apt-get install -y nginx || true
+	$(GO) test -run '^$$' -bench BenchmarkCacheHTTP -benchtime 3s -count 1 ./cache/
 
 include scheduler/bench.mk

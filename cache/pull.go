@@ -67,7 +67,7 @@ var compressionExtensions = map[string]string{
 }
 
 // lookupNarInfo returns the .narinfo file of hashPart from the cache, or
-// pulls it from the upstreams, and says which of the two it did
+// pulls it from the upstreams, and reports which of the two it did
 // (resultHit or resultPulled). Errors wrap ErrNotFound for a true miss
 // and ErrUpstreamUnavailable when an upstream failed.
 func (s *Store) lookupNarInfo(ctx context.Context, hashPart string) ([]byte, string, error) {
@@ -341,7 +341,7 @@ func (s *Store) askUpstreams(ctx context.Context, hashPart string) (*narinfo.Nar
 	case len(faults) > 0:
 		return nil, "", nil, fmt.Errorf("pull narinfo %q: %w: %w", hashPart, ErrUpstreamUnavailable, errors.Join(faults...))
 	default:
-		return nil, "", nil, fmt.Errorf("pull narinfo %q: %w: no upstream holds it", hashPart, ErrNotFound)
+		return nil, "", nil, fmt.Errorf("pull narinfo %q: %w on any upstream", hashPart, ErrNotFound)
 	}
 }
 

@@ -90,7 +90,8 @@ type Config struct {
 	// SecretKey signs every narinfo the cache stores, in Nix's
 	// "<name>:<base64>" format (see GenerateKey). Required.
 	SecretKey string
-	// Priority is served in nix-cache-info. It defaults to 40.
+	// Priority is the nix-cache-info priority stored in the settings of a
+	// new cache. It defaults to 40. Settings.Priority replaces it later.
 	Priority int
 	// StoreDir is the Nix store directory of the paths the cache holds.
 	// It defaults to /nix/store.
@@ -114,7 +115,7 @@ type Config struct {
 	UpstreamClient *http.Client
 	// UpstreamBreaker configures the circuit breaker of each upstream.
 	UpstreamBreaker upstream.BreakerConfig
-	// UpstreamBudget bounds the wait for the upstreams' answers to one
+	// UpstreamBudget bounds the wait for the upstreams' responses to one
 	// narinfo request. It defaults to 2 s.
 	UpstreamBudget time.Duration
 	// ClosureTimeout bounds the pull of a narinfo together with the

@@ -37,7 +37,7 @@ func (s *Server) cacheRoutes(r chi.Router) {
 type cacheAdminHandler func(w http.ResponseWriter, r *http.Request, admin CacheAdmin)
 
 // withCacheAdmin finds the cache named in the path and passes its admin
-// interface on, or answers 404.
+// interface on, or responds with 404.
 func (s *Server) withCacheAdmin(next cacheAdminHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := chi.URLParam(r, "name")
