@@ -89,6 +89,7 @@ func newRootCommand() *cobra.Command {
 		newBuildCommand(cf),
 		newCacheCommand(cf),
 		newSimCommand(),
+		newWorkerCommand(cf),
 	)
 	return root
 }

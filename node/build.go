@@ -90,9 +90,12 @@ func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
 
 // runJob builds the job's derivations in order and reports each result,
 // then the end of the job, to the Run goroutine. It stops at the first
-// failure: the derivations after it depend on it. When jobCtx ends because
-// the node shuts down, nothing is reported and the builds stay unfinished
-// for the next start.
+// failure: the derivations after it depend on it. Only a *BuildError, a
+// builder that nix ran and that failed, fails a derivation. A worker that
+// disconnected reports nothing: the hub's Left makes the scheduler queue
+// the job again. Another fault of the worker ends the job, which costs the
+// derivation an attempt. When jobCtx ends because the node shuts down,
+// nothing is reported and the builds stay unfinished for the next start.
 func (d *driver) runJob(jobCtx, nodeCtx context.Context, w protocol.Worker, a scheduler.Assign) {
 	log := d.log.With("job_id", a.JobID, "worker_id", a.WorkerID)
 	for _, drv := range a.DrvPaths {
@@ -100,27 +103,49 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, w protocol.Worker, a sc
 		if nodeCtx.Err() != nil {
 			return
 		}
-		if err != nil {
+		var be *protocol.BuildError
+		switch {
+		case err == nil:
+		case errors.As(err, &be):
 			log.Warn("build failed", "drv_path", drv, "err", err)
+			_ = d.post(nodeCtx, func(ctx context.Context) {
+				d.workerFinishedBuild(a.WorkerID)
+				d.derivationFailed(ctx, a.JobID, drv, be.Message)
+			})
+		case errors.Is(err, protocol.ErrWorkerGone):
+			log.Warn("worker disconnected during the build; the job is queued again", "drv_path", drv, "err", err)
+			_ = d.post(nodeCtx, func(context.Context) { delete(d.jobs, a.JobID) })
+			return
+		default:
+			log.Warn("worker fault during the build; the job ends without a result", "drv_path", drv, "err", err)
 			msg := err.Error()
-			var be *protocol.BuildError
-			if errors.As(err, &be) {
-				msg = be.Message
-			}
-			_ = d.post(nodeCtx, func(ctx context.Context) { d.derivationFailed(ctx, a.JobID, drv, msg) })
+			_ = d.post(nodeCtx, func(context.Context) { d.faults[drv] = msg })
+		}
+		if err != nil {
 			break
 		}
 		log.Info("build succeeded", "drv_path", drv)
-		_ = d.post(nodeCtx, func(ctx context.Context) { d.derivationBuilt(ctx, a.JobID, drv, res) })
+		_ = d.post(nodeCtx, func(ctx context.Context) {
+			d.workerFinishedBuild(a.WorkerID)
+			d.derivationBuilt(ctx, a.JobID, drv, res)
+		})
 	}
 	_ = d.post(nodeCtx, func(ctx context.Context) {
 		delete(d.jobs, a.JobID)
 		decisions, err := d.sched.JobFinished(a.JobID, d.now())
-		if err != nil {
+		if errors.Is(err, scheduler.ErrUnknownJob) {
+			// The worker left and the scheduler released the job already.
+			d.log.Debug("job ended after its worker left", "job_id", a.JobID)
+		} else if err != nil {
 			d.log.Error("scheduler rejected job end", "job_id", a.JobID, "err", err)
 		}
 		d.apply(ctx, decisions)
 	})
+}
+
+// workerFinishedBuild counts a finished build in the worker's record.
+func (d *driver) workerFinishedBuild(workerID string) {
+	d.updateWorkerRecord(workerID, func(r *db.Worker) { r.Builds++ })
 }
 
 // buildOne builds one derivation, writing its log to the log store. A
@@ -153,6 +178,13 @@ func (d *driver) derivationBuilt(ctx context.Context, jobID, drvPath string, res
 		}
 	})
 	decisions, err := d.sched.DerivationBuilt(jobID, drvPath, d.now())
+	if errors.Is(err, scheduler.ErrUnknownJob) {
+		// The worker left after it sent the result, and the scheduler
+		// queued the derivation again. The outputs are in the cache, so
+		// the late result counts, once: a later one finds it built.
+		d.log.Info("late build result accepted", "job_id", jobID, "drv_path", drvPath)
+		decisions, err = d.sched.PeerBuilt(drvPath, d.now()), nil
+	}
 	if err != nil {
 		d.log.Error("scheduler rejected build result", "job_id", jobID, "drv_path", drvPath, "err", err)
 	}

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -28,14 +27,19 @@ type driver struct {
 	evalSlots chan struct{}
 	events    chan func(ctx context.Context)
 	wg        sync.WaitGroup
+	// evalPool lists the connected workers that evaluate.
+	evalPool *workerPool
 
 	// The fields below are used only by the Run goroutine.
-	sched   *scheduler.Scheduler
-	workers map[string]protocol.Worker
-	// evalWorker runs evaluations; nil when no worker can evaluate.
-	evalWorker protocol.Worker
-	active     map[uint64]*activeEval
-	jobs       map[string]context.CancelFunc
+	sched *scheduler.Scheduler
+	// workers are the connected workers that build, by ID.
+	workers map[string]*protocol.RemoteWorker
+	active  map[uint64]*activeEval
+	jobs    map[string]context.CancelFunc
+	// faults keeps the last worker fault, as opposed to a failed builder,
+	// of each derivation, for the build record if the scheduler gives up
+	// on it after too many attempts.
+	faults map[string]string
 }
 
 // activeEval is an evaluation whose graph the scheduler holds.
@@ -58,23 +62,13 @@ func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, maxEv
 		now:       time.Now,
 		evalSlots: make(chan struct{}, maxEvals),
 		events:    make(chan func(context.Context), 64),
+		evalPool:  newWorkerPool(),
 		sched:     sched,
-		workers:   map[string]protocol.Worker{},
+		workers:   map[string]*protocol.RemoteWorker{},
 		active:    map[uint64]*activeEval{},
 		jobs:      map[string]context.CancelFunc{},
+		faults:    map[string]string{},
 	}, nil
-}
-
-// addWorker registers a worker before Run starts.
-func (d *driver) addWorker(info scheduler.Worker, w protocol.Worker, canEvaluate bool) error {
-	if _, err := d.sched.AddWorker(info, d.now()); err != nil {
-		return fmt.Errorf("register worker %q: %w", info.ID, err)
-	}
-	d.workers[info.ID] = w
-	if canEvaluate && d.evalWorker == nil {
-		d.evalWorker = w
-	}
-	return nil
 }
 
 // Enqueue schedules a queued evaluation. It implements web.Evaluator.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/gradient-ci/gradient/internal/db"
 	"github.com/gradient-ci/gradient/protocol"
@@ -15,7 +16,6 @@ import (
 // startEvaluation runs the evaluation in the background once an
 // evaluation slot is free. Called on the Run goroutine.
 func (d *driver) startEvaluation(ctx context.Context, evalID uint64) {
-	w := d.evalWorker
 	d.goBackground(func() {
 		select {
 		case d.evalSlots <- struct{}{}:
@@ -23,23 +23,27 @@ func (d *driver) startEvaluation(ctx context.Context, evalID uint64) {
 			return
 		}
 		defer func() { <-d.evalSlots }()
-		d.evaluate(ctx, w, evalID)
+		d.evaluate(ctx, evalID)
 	})
 }
 
-// evaluate runs one evaluation on w, stores its entry points and build
-// records, and hands the graph to the Run goroutine. It runs in its own
-// goroutine and writes only the records of this evaluation, which no
-// other goroutine touches until the graph is handed over.
-func (d *driver) evaluate(ctx context.Context, w protocol.Worker, evalID uint64) {
+// evaluate runs one evaluation on the connected workers that evaluate,
+// stores its entry points and build records, and hands the graph to the
+// Run goroutine. It waits, queued, until such a worker connects. It runs
+// in its own goroutine and writes only the records of this evaluation,
+// which no other goroutine touches until the graph is handed over.
+func (d *driver) evaluate(ctx context.Context, evalID uint64) {
 	log := d.log.With("evaluation_id", evalID)
 	e, err := d.db.GetEvaluation(evalID)
 	if err != nil {
 		log.Error("load evaluation failed", "err", err)
 		return
 	}
-	if w == nil {
-		d.failEvaluation(e, "no worker can evaluate: start the node with nix on PATH or connect a worker")
+	if d.evalPool.size() == 0 {
+		log.Warn("no connected worker evaluates: the evaluation waits for one; connect a worker with 'gradient worker' or start the node with nix on PATH")
+	}
+	if _, err := d.evalPool.wait(ctx); err != nil {
+		log.Info("evaluation interrupted; it resumes on the next start")
 		return
 	}
 
@@ -53,7 +57,7 @@ func (d *driver) evaluate(ctx context.Context, w protocol.Worker, evalID uint64)
 	log.Info("evaluation started", "org", e.Org, "project", e.Project, "flake", e.FlakeRef)
 
 	progress := &logLineWriter{log: log, msg: "evaluation progress"}
-	res, err := w.Evaluate(ctx, protocol.EvalRequest{FlakeRef: e.FlakeRef, EntryPoints: e.EntryPoints}, progress)
+	res, err := d.runEvaluation(ctx, log, protocol.EvalRequest{FlakeRef: e.FlakeRef, EntryPoints: e.EntryPoints}, progress)
 	if ctx.Err() != nil {
 		log.Info("evaluation interrupted; it resumes on the next start")
 		return
@@ -224,14 +228,28 @@ func (d *driver) finishEvaluation(evalID uint64, ae *activeEval) {
 		}
 	}
 	counts := map[db.BuildStatus]int{}
+	now := d.now().UTC()
 	for _, b := range ae.builds {
+		if !b.Status.Finished() {
+			// The scheduler gave up on it after jobs kept ending without
+			// a result, such as on a worker that cannot run nix.
+			b.Status = db.BuildFailed
+			b.Error = "gradient: no job built it"
+			if fault := d.faults[b.DrvPath]; fault != "" {
+				b.Error += "; the last worker error was: " + fault
+			}
+			b.FinishedAt = &now
+			if err := d.db.PutBuild(*b); err != nil {
+				d.log.Error("store build failed", "build_id", b.ID, "err", err)
+			}
+		}
+		delete(d.faults, b.DrvPath)
 		counts[b.Status]++
 		if !b.Status.Succeeded() {
 			status = db.EvalFailed
 		}
 	}
 
-	now := d.now().UTC()
 	e.Status = status
 	e.FinishedAt = &now
 	if err := d.db.PutEvaluation(e); err != nil {
@@ -256,14 +274,18 @@ func outputPaths(outputs map[string]string) []string {
 	return paths
 }
 
-// logLineWriter logs each line written to it at debug level.
+// logLineWriter logs each line written to it at debug level. It is safe
+// for concurrent use; lines written at once may interleave.
 type logLineWriter struct {
 	log  interface{ Debug(string, ...any) }
 	msg  string
+	mu   sync.Mutex
 	part []byte
 }
 
 func (w *logLineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.part = append(w.part, p...)
 	for {
 		i := slices.Index(w.part, '\n')

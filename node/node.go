@@ -10,14 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"time"
 
 	"github.com/gradient-ci/gradient/cache"
 	"github.com/gradient-ci/gradient/internal/db"
 	"github.com/gradient-ci/gradient/internal/worker"
-	"github.com/gradient-ci/gradient/scheduler"
+	"github.com/gradient-ci/gradient/protocol"
 	"github.com/gradient-ci/gradient/web"
 )
 
@@ -43,6 +42,8 @@ func New(cfg Config) (*Node, error) {
 // then shuts down and returns. It returns an error when a part fails to
 // start or stops on its own.
 func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	cfg := n.cfg
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
@@ -97,36 +98,56 @@ func (n *Node) Run(ctx context.Context) error {
 	addr := ln.Addr().String()
 	cacheURL := "http://" + addr + "/cache/" + mainCache
 
-	if err := n.startWorker(drv, cacheURL, store.PublicKey()); err != nil {
+	registry := &workerRegistry{db: records, now: time.Now}
+	hub, err := protocol.NewHub(protocol.HubConfig{
+		Authenticate:   registry.authenticate,
+		CachePath:      "/cache/" + mainCache,
+		CachePublicKey: store.PublicKey(),
+		NARs:           store,
+		UploadDir:      filepath.Join(cfg.DataDir, "uploads"),
+		Joined:         func(w *protocol.RemoteWorker) { drv.workerJoined(ctx, w) },
+		Left:           func(w *protocol.RemoteWorker) { drv.workerLeft(ctx, w) },
+		Logger:         n.log,
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	registry.hub = hub
+
+	local, err := n.localWorker(records, cacheURL, store.PublicKey())
+	if err != nil {
 		ln.Close()
 		return err
 	}
 
 	srv := web.New(web.Config{
-		DB:         records,
-		Evaluator:  drv,
-		Logs:       logs,
-		AdminToken: token,
-		Logger:     n.log,
+		DB:            records,
+		Evaluator:     drv,
+		Logs:          logs,
+		Workers:       registry,
+		WorkerConnect: hub,
+		AdminToken:    token,
+		Logger:        n.log,
 	})
 	srv.AddCache(web.Cache{
 		Name:      mainCache,
 		PublicKey: store.PublicKey(),
 		URL:       cacheURL,
 		Handler:   store.Handler(cache.HandlerOptions{Authorize: srv.Authorized, Logs: logs}),
+		Admin:     store,
 	})
 	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second}
 
 	n.log.Info("node started", "listen", addr, "data_dir", cfg.DataDir,
 		"substituter", cacheURL, "public_key", store.PublicKey())
-	return n.serve(ctx, ln, httpSrv, drv, store)
+	return n.serve(ctx, cancel, ln, httpSrv, drv, store, hub, local)
 }
 
-// serve runs the HTTP server, the driver and the cache's upload cleanup
-// until ctx ends or one of them fails, then stops all of them.
-func (n *Node) serve(ctx context.Context, ln net.Listener, httpSrv *http.Server, drv *driver, store *cache.Store) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+// serve runs the HTTP server, the driver, the hub, the in-process worker
+// when there is one and the cache's upload cleanup until ctx ends or one of
+// them fails, then stops all of them.
+func (n *Node) serve(ctx context.Context, cancel context.CancelFunc, ln net.Listener, httpSrv *http.Server, drv *driver, store *cache.Store, hub *protocol.Hub, local *protocol.ServeConfig) error {
 
 	var (
 		wg   sync.WaitGroup
@@ -140,7 +161,27 @@ func (n *Node) serve(ctx context.Context, ln net.Listener, httpSrv *http.Server,
 		cancel()
 	}
 
-	wg.Add(3)
+	wg.Add(4)
+	go func() {
+		defer wg.Done()
+		hub.Run(ctx)
+	}()
+	if local != nil {
+		// The in-process worker speaks the protocol over a Pipe, so it
+		// takes the same code path as a remote one.
+		nodeEnd, workerEnd := protocol.Pipe()
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			hub.Attach(ctx, nodeEnd, localWorkerID, "in-process")
+		}()
+		go func() {
+			defer wg.Done()
+			if err := protocol.Serve(ctx, workerEnd, *local); err != nil && ctx.Err() == nil {
+				fail(fmt.Errorf("in-process worker: %w", err))
+			}
+		}()
+	}
 	go func() {
 		defer wg.Done()
 		if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -184,19 +225,19 @@ func (n *Node) serve(ctx context.Context, ln net.Listener, httpSrv *http.Server,
 	return errors.Join(errs...)
 }
 
-// startWorker registers the in-process worker unless it is disabled or
-// nix is missing.
-func (n *Node) startWorker(drv *driver, cacheURL, publicKey string) error {
+// localWorker returns the session configuration of the in-process
+// worker, or nil when it is disabled or nix is missing.
+func (n *Node) localWorker(records *db.DB, cacheURL, publicKey string) (*protocol.ServeConfig, error) {
 	if n.cfg.NoWorker {
 		n.log.Info("in-process worker disabled")
-		return nil
+		return nil, nil
 	}
 	nixBin := n.cfg.NixBin
 	if nixBin == "" {
 		p, err := exec.LookPath("nix")
 		if err != nil {
 			n.log.Warn("nix not found on PATH: running without an in-process worker, so nothing is evaluated or built until a worker connects")
-			return nil
+			return nil, nil
 		}
 		nixBin = p
 	}
@@ -207,31 +248,29 @@ func (n *Node) startWorker(drv *driver, cacheURL, publicKey string) error {
 		Substituters:      []string{cacheURL},
 		TrustedPublicKeys: []string{publicKey},
 		MaxJobs:           n.cfg.WorkerMaxJobs,
-	}, n.log.With("worker_id", "local"))
+	}, n.log.With("worker_id", localWorkerID))
 	if err != nil {
-		return fmt.Errorf("start in-process worker: %w", err)
+		return nil, fmt.Errorf("start in-process worker: %w", err)
 	}
-	system := localSystem()
-	if err := drv.addWorker(scheduler.Worker{
-		ID:      "local",
-		Systems: []string{system},
-		Slots:   n.cfg.WorkerMaxJobs,
-		Speed:   1,
-	}, w, true); err != nil {
-		return err
+	if err := records.EnsureWorker(localWorkerID, time.Now()); err != nil {
+		return nil, fmt.Errorf("store in-process worker record: %w", err)
 	}
+	spoolDir := filepath.Join(n.cfg.DataDir, "spool")
+	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create NAR spool directory: %w", err)
+	}
+	storeDir := n.cfg.WorkerStore
+	if storeDir == "" {
+		storeDir = "/nix/store"
+	}
+	system := worker.NativeSystem()
 	n.log.Info("in-process worker started", "nix", nixBin, "store", n.cfg.WorkerStore, "system", system, "max_jobs", n.cfg.WorkerMaxJobs)
-	return nil
-}
-
-// localSystem returns the Nix system string of this machine, such as
-// "x86_64-linux".
-// NOTE: this ignores nix's extra-platforms setting, so a worker that could
-// also build i686-linux is registered for its native system only.
-func localSystem() string {
-	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
-	if arch == "" {
-		arch = runtime.GOARCH
-	}
-	return arch + "-" + runtime.GOOS
+	return &protocol.ServeConfig{
+		Systems:  []string{system},
+		MaxJobs:  n.cfg.WorkerMaxJobs,
+		Setup:    func(context.Context, *protocol.Welcome) (protocol.Worker, error) { return w, nil },
+		SpoolDir: spoolDir,
+		StoreDir: storeDir,
+		Logger:   n.log.With("worker_id", localWorkerID),
+	}, nil
 }

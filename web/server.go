@@ -52,12 +52,19 @@ type Cache struct {
 // Config holds what the server needs. All fields are required except
 // Logger and Now.
 type Config struct {
-	DB         *db.DB
-	Evaluator  Evaluator
-	Logs       LogSource
-	Caches     []Cache
-	AdminToken string
-	Logger     *slog.Logger
+	DB        *db.DB
+	Evaluator Evaluator
+	Logs      LogSource
+	Caches    []Cache
+	// Workers manages remote workers' tokens. When it is nil, the worker
+	// endpoints return 501.
+	Workers Workers
+	// WorkerConnect accepts workers' WebSocket connections at
+	// GET /api/v1/workers/connect. It authenticates them by their own
+	// token, not the admin token. When it is nil, the path returns 404.
+	WorkerConnect http.Handler
+	AdminToken    string
+	Logger        *slog.Logger
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 	// LogPollInterval is how often a followed log is checked for new
@@ -88,6 +95,9 @@ func New(cfg Config) *Server {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
 	r.Use(s.logRequests)
+	if cfg.WorkerConnect != nil {
+		r.Get("/api/v1/workers/connect", cfg.WorkerConnect.ServeHTTP)
+	}
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(s.requireToken)
 		r.Get("/orgs", s.listOrgs)
@@ -103,6 +113,14 @@ func New(cfg Config) *Server {
 		r.Get("/caches", s.listCaches)
 		r.Get("/caches/{name}", s.getCache)
 		s.cacheRoutes(r)
+		if cfg.Workers != nil {
+			r.Post("/workers", s.registerWorker)
+			r.Get("/workers", s.listWorkers)
+			r.Delete("/workers/{name}", s.revokeWorker)
+		} else {
+			r.HandleFunc("/workers", workersUnavailable)
+			r.HandleFunc("/workers/{name}", workersUnavailable)
+		}
 		r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, "no API endpoint %s %s: see docs/api.md", r.Method, r.URL.Path)
 		})

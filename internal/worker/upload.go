@@ -1,11 +1,18 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"maps"
 	"os"
 	"slices"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/gradient-ci/gradient/internal/nix"
 	"github.com/gradient-ci/gradient/protocol"
@@ -21,7 +28,8 @@ var (
 // paths are .drv files, and their closure is the .drv files and sources
 // that another worker needs to build them.
 func (w *Worker) UploadClosure(ctx context.Context, paths []string, nars protocol.NARSink) error {
-	infos, err := w.closureInfos(ctx, paths)
+	drvNARs := map[string][]byte{}
+	infos, err := w.closureInfos(ctx, paths, drvNARs)
 	if err != nil {
 		return fmt.Errorf("upload closure: %w", err)
 	}
@@ -52,6 +60,12 @@ func (w *Worker) UploadClosure(ctx context.Context, paths []string, nars protoco
 			Deriver:    info.Deriver,
 			CA:         info.CA,
 		}
+		if nar, ok := drvNARs[pi.StorePath]; ok {
+			if err := nars.PutNAR(ctx, pi, bytes.NewReader(nar)); err != nil {
+				return fmt.Errorf("upload %q: %w", pi.StorePath, err)
+			}
+			continue
+		}
 		if err := w.upload(ctx, pi, nars); err != nil {
 			return err
 		}
@@ -61,12 +75,13 @@ func (w *Worker) UploadClosure(ctx context.Context, paths []string, nars protoco
 
 // closureInfos returns the path info of paths and of every path they refer
 // to, transitively, each path after the paths it refers to. It runs nix
-// once per level of references that were not known yet.
-func (w *Worker) closureInfos(ctx context.Context, paths []string) ([]nix.PathInfo, error) {
+// once per level of references that were not known yet, and puts the NAR
+// of each .drv file into drvNARs.
+func (w *Worker) closureInfos(ctx context.Context, paths []string, drvNARs map[string][]byte) ([]nix.PathInfo, error) {
 	known := map[string]nix.PathInfo{}
 	next := slices.Compact(slices.Sorted(slices.Values(paths)))
 	for len(next) > 0 {
-		infos, err := w.nix.PathInfo(ctx, next...)
+		infos, err := w.pathInfos(ctx, next, drvNARs)
 		if err != nil {
 			return nil, err
 		}
@@ -119,4 +134,75 @@ func (w *Worker) HavePaths(ctx context.Context, paths []string) ([]string, error
 		}
 	}
 	return have, nil
+}
+
+// pathInfos returns the path info of each path. Nix 2.8's path-info and
+// dump-path take a .drv argument to mean the derivation's outputs, so the
+// info and the NAR of .drv files are made from the files themselves, and
+// the NARs go into drvNARs.
+func (w *Worker) pathInfos(ctx context.Context, paths []string, drvNARs map[string][]byte) ([]nix.PathInfo, error) {
+	var drvs, others []string
+	for _, p := range paths {
+		if strings.HasSuffix(p, ".drv") {
+			drvs = append(drvs, p)
+		} else {
+			others = append(others, p)
+		}
+	}
+	infos, err := w.nix.PathInfo(ctx, others...)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range drvs {
+		info, nar, err := w.drvPathInfo(p)
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, info)
+		drvNARs[p] = nar
+	}
+	return infos, nil
+}
+
+// drvPathInfo returns the path info and the NAR of a .drv file. A .drv is
+// a text file added to the store with its inputs as references, so its
+// references are its input derivations and sources, and its content
+// address is "text:sha256:" and the nix32 SHA-256 of the file.
+func (w *Worker) drvPathInfo(drvPath string) (nix.PathInfo, []byte, error) {
+	drv, err := w.nix.ReadDerivation(drvPath)
+	if err != nil {
+		return nix.PathInfo{}, nil, err
+	}
+	contents, err := os.ReadFile(w.nix.RealPath(drvPath))
+	if err != nil {
+		return nix.PathInfo{}, nil, fmt.Errorf("read derivation %q: %w", drvPath, err)
+	}
+
+	// The NAR of a regular, non-executable file.
+	var buf bytes.Buffer
+	nw, err := nar.NewWriter(&buf)
+	if err == nil {
+		err = nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(contents))})
+	}
+	if err == nil {
+		_, err = nw.Write(contents)
+	}
+	if err == nil {
+		err = nw.Close()
+	}
+	if err != nil {
+		return nix.PathInfo{}, nil, fmt.Errorf("serialise derivation %q: %w", drvPath, err)
+	}
+	narHash := sha256.Sum256(buf.Bytes())
+	fileHash := sha256.Sum256(contents)
+
+	refs := slices.Concat(slices.Collect(maps.Keys(drv.InputDrvs)), drv.InputSrcs)
+	slices.Sort(refs)
+	return nix.PathInfo{
+		StorePath:  drvPath,
+		NarHash:    "sha256-" + base64.StdEncoding.EncodeToString(narHash[:]),
+		NarSize:    uint64(buf.Len()),
+		References: slices.Compact(refs),
+		CA:         "text:sha256:" + nixbase32.EncodeToString(fileHash[:]),
+	}, buf.Bytes(), nil
 }

@@ -1,0 +1,144 @@
+package cmd
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gradient-ci/gradient/internal/worker"
+	"github.com/gradient-ci/gradient/protocol"
+)
+
+func newWorkerCommand(cf *clientFlags) *cobra.Command {
+	var (
+		cfg      worker.RemoteConfig
+		systems  string
+		features string
+		logLevel string
+	)
+	c := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a worker that connects to a node (--server, --token), or manage worker tokens",
+		Long: "With no subcommand, connect to the node at --server with the worker token given by --token,\n" +
+			"and evaluate and build what the node sends until interrupted. The token comes from\n" +
+			"'gradient worker register NAME', run against the node with its admin token.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q is invalid: give debug, info, warn or error", logLevel)
+			}
+			if cf.token == "" {
+				return errors.New("no worker token: pass --token with the token that 'gradient worker register NAME' printed")
+			}
+			if cfg.Worker.MaxJobs < 1 || cfg.Worker.MaxJobs > 1024 {
+				return fmt.Errorf("--max-jobs %d is out of range: give 1 to 1024", cfg.Worker.MaxJobs)
+			}
+			cfg.Server = cf.server
+			cfg.Token = cf.token
+			cfg.Systems = splitList(systems)
+			cfg.Features = splitList(features)
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+			err := worker.RunRemote(cmd.Context(), cfg, logger)
+			var reject *protocol.RejectError
+			if errors.As(err, &reject) {
+				return exitError{code: 1}
+			}
+			return err
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&cfg.Worker.StoreDir, "store", "", "chroot store directory, passed to nix as --store (default: the machine's store)")
+	f.IntVar(&cfg.Worker.MaxJobs, "max-jobs", 1, "jobs the worker runs at once, 1 to 1024")
+	f.StringVar(&systems, "systems", "", "comma-separated systems the worker builds for (default: this machine's, such as x86_64-linux)")
+	f.StringVar(&features, "features", "", "comma-separated system features the worker supports, such as kvm,big-parallel")
+	f.StringVar(&cfg.Worker.NixBinary, "nix", "nix", "nix binary")
+	f.StringVar(&cfg.SpoolDir, "spool-dir", "", "directory for compressed NARs while they upload (default: the system's temporary directory)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the workers, their state and how many builds each ran",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			ws, err := cl.Workers(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), ws)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tBUILDS\tRUNNING\tSYSTEMS\tLAST SEEN")
+			for _, w := range ws {
+				lastSeen := "never"
+				if w.LastSeen != nil {
+					lastSeen = w.LastSeen.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", w.Name, w.State, w.Builds, w.RunningJobs, strings.Join(w.Systems, ","), lastSeen)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&cf.json, "json", false, "print the API's JSON objects")
+
+	c.AddCommand(
+		&cobra.Command{
+			Use:   "register NAME",
+			Short: "Create a worker and print its token, alone, on stdout",
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				cl, err := cf.client()
+				if err != nil {
+					return err
+				}
+				r, err := cl.RegisterWorker(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), r.Token)
+				return nil
+			},
+		},
+		list,
+		&cobra.Command{
+			Use:   "revoke NAME",
+			Short: "Delete a worker's token and disconnect it",
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				cl, err := cf.client()
+				if err != nil {
+					return err
+				}
+				if err := cl.RevokeWorker(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "worker %s revoked\n", args[0])
+				return nil
+			},
+		},
+	)
+	return c
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}

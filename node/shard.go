@@ -1,0 +1,161 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/gradient-ci/gradient/protocol"
+)
+
+// maxEvalAttempts bounds how often an evaluation, or one shard of it,
+// starts again because its worker disconnected.
+const maxEvalAttempts = 5
+
+// runEvaluation evaluates req on the connected workers that evaluate. With
+// one such worker it evaluates everything there. With more, it lists the
+// entry points on one and shards the evaluation of their drvPaths across
+// all of them, then merges the derivation graphs. A worker that
+// disconnects is replaced by another.
+func (d *driver) runEvaluation(ctx context.Context, log *slog.Logger, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
+	for attempt := 1; ; attempt++ {
+		ws, err := d.evalPool.wait(ctx)
+		if err != nil {
+			return protocol.EvalResult{}, err
+		}
+		var res protocol.EvalResult
+		if len(ws) == 1 {
+			res, err = ws[0].Evaluate(ctx, req, progress)
+		} else {
+			res, err = d.evaluateSharded(ctx, log, ws, req, progress)
+		}
+		if errors.Is(err, protocol.ErrWorkerGone) && attempt < maxEvalAttempts {
+			log.Warn("a worker disconnected during the evaluation; evaluating again", "attempt", attempt, "err", err)
+			continue
+		}
+		return res, err
+	}
+}
+
+// evaluateSharded lists the entry points on ws[0], evaluates them in one
+// shard per worker and merges the results.
+func (d *driver) evaluateSharded(ctx context.Context, log *slog.Logger, ws []*protocol.RemoteWorker, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
+	listReq := req
+	listReq.ListOnly = true
+	list, err := ws[0].Evaluate(ctx, listReq, progress)
+	if err != nil {
+		return protocol.EvalResult{}, err
+	}
+	var attrs []string
+	for _, ep := range list.EntryPoints {
+		if ep.Error == "" && ep.DrvPath == "" {
+			attrs = append(attrs, ep.Attr)
+		}
+	}
+	if len(attrs) == 0 {
+		return list, nil
+	}
+	// Shards fetch the flake themselves, so it must be pinned. A dirty
+	// git tree is not: everything is evaluated on the worker that listed.
+	if !isLocked(list.Flake) {
+		log.Info("flake source is not locked: evaluating on one worker", "locked_url", list.Flake.LockedURL)
+		return ws[0].Evaluate(ctx, req, progress)
+	}
+
+	n := min(len(ws), len(attrs))
+	shards := make([][]string, n)
+	for i, a := range attrs {
+		shards[i%n] = append(shards[i%n], a)
+	}
+	log.Info("evaluating entry points in shards", "entry_points", len(attrs), "shards", n)
+
+	results := make([]protocol.EvalResult, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			shardReq := protocol.EvalRequest{FlakeRef: list.Flake.LockedURL, EntryPoints: shards[i]}
+			results[i], errs[i] = d.evaluateShard(ctx, log, ws[i], i, shardReq, progress)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return protocol.EvalResult{}, err
+	}
+	return mergeShards(list, results), nil
+}
+
+// evaluateShard evaluates one shard on w, and on another connected worker
+// each time the one it runs on disconnects.
+func (d *driver) evaluateShard(ctx context.Context, log *slog.Logger, w *protocol.RemoteWorker, shard int, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
+	for attempt := 1; ; attempt++ {
+		res, err := w.Evaluate(ctx, req, progress)
+		if !errors.Is(err, protocol.ErrWorkerGone) || attempt >= maxEvalAttempts {
+			if err != nil {
+				return res, fmt.Errorf("evaluate shard %d on worker %q: %w", shard, w.ID(), err)
+			}
+			return res, nil
+		}
+		ws, werr := d.evalPool.wait(ctx)
+		if werr != nil {
+			return protocol.EvalResult{}, werr
+		}
+		next := ws[(shard+attempt)%len(ws)]
+		log.Warn("worker disconnected during an evaluation shard; moving it", "shard", shard, "from", w.ID(), "to", next.ID())
+		w = next
+	}
+}
+
+// mergeShards combines the listing with the shards' results: entry points
+// in the listing's order, and the derivations of all shards, each once.
+// Each shard lists inputs before their dependents, and so does the
+// concatenation with repeats dropped.
+func mergeShards(list protocol.EvalResult, shards []protocol.EvalResult) protocol.EvalResult {
+	evaluated := map[string]protocol.EntryPoint{}
+	seen := map[string]bool{}
+	out := protocol.EvalResult{Flake: list.Flake}
+	for _, r := range shards {
+		for _, ep := range r.EntryPoints {
+			evaluated[ep.Attr] = ep
+		}
+		for _, drv := range r.Derivations {
+			if !seen[drv.DrvPath] {
+				seen[drv.DrvPath] = true
+				out.Derivations = append(out.Derivations, drv)
+			}
+		}
+	}
+	for _, ep := range list.EntryPoints {
+		if ep.Error == "" {
+			if got, ok := evaluated[ep.Attr]; ok {
+				ep = got
+			} else {
+				ep.Error = "gradient: the shard that evaluated this attribute returned no result for it"
+			}
+		}
+		out.EntryPoints = append(out.EntryPoints, ep)
+	}
+	return out
+}
+
+// isLocked reports whether a flake's locked URL pins its source by a
+// revision or a NAR hash, so that every worker fetches the same source. A
+// dirty git tree has neither.
+func isLocked(f protocol.LockedFlake) bool {
+	if f.Revision != "" {
+		return true
+	}
+	_, query, _ := strings.Cut(f.LockedURL, "?")
+	for _, kv := range strings.Split(query, "&") {
+		if strings.HasPrefix(kv, "narHash=") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,110 @@
+package web
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/gradient-ci/gradient/internal/db"
+)
+
+// Workers registers remote workers, revokes their tokens and reports them.
+// The node implements it.
+type Workers interface {
+	// Register creates a worker and returns its token, which the node
+	// does not keep. An existing name is an error wrapping db.ErrExists.
+	Register(ctx context.Context, name string) (token string, err error)
+	// List returns every registered or connected worker in name order.
+	List(ctx context.Context) ([]WorkerInfo, error)
+	// Revoke deletes the worker's token and disconnects it. An unknown
+	// name is an error wrapping db.ErrNotFound.
+	Revoke(ctx context.Context, name string) error
+}
+
+// Worker states in WorkerInfo.State.
+const (
+	WorkerConnected    = "connected"
+	WorkerDisconnected = "disconnected"
+)
+
+// WorkerInfo is a worker as GET /api/v1/workers lists it. The fields from
+// the worker's handshake and heartbeats are empty while it is
+// disconnected.
+type WorkerInfo struct {
+	Name string `json:"name"`
+	// State is "connected" or "disconnected".
+	State string `json:"state"`
+	// Builds counts the builds it finished, succeeded or failed.
+	Builds       uint64     `json:"builds"`
+	CreatedAt    time.Time  `json:"created_at"`
+	LastSeen     *time.Time `json:"last_seen,omitempty"`
+	ConnectedAt  *time.Time `json:"connected_at,omitempty"`
+	Capabilities []string   `json:"capabilities,omitempty"`
+	Systems      []string   `json:"systems,omitempty"`
+	Features     []string   `json:"features,omitempty"`
+	MaxJobs      int        `json:"max_jobs,omitempty"`
+	RunningJobs  int        `json:"running_jobs"`
+	CPUs         int        `json:"cpus,omitempty"`
+	MemoryBytes  uint64     `json:"memory_bytes,omitempty"`
+	Load1        float64    `json:"load1,omitempty"`
+	// FreeDiskBytes is the free space of the worker's store.
+	FreeDiskBytes uint64 `json:"free_disk_bytes,omitempty"`
+}
+
+// RegisterWorkerRequest is the body of POST /api/v1/workers.
+type RegisterWorkerRequest struct {
+	Name string `json:"name"`
+}
+
+// RegisterWorkerResponse is the response to POST /api/v1/workers. The
+// token is shown once, because the node keeps only its hash.
+type RegisterWorkerResponse struct {
+	Name  string `json:"name"`
+	Token string `json:"token"`
+}
+
+func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) {
+	var req RegisterWorkerRequest
+	if err := readJSON(w, r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid request body: %v", err)
+		return
+	}
+	if err := db.ValidateName("name", req.Name); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	token, err := s.cfg.Workers.Register(r.Context(), req.Name)
+	if err != nil {
+		s.writeDBError(w, r, err)
+		return
+	}
+	s.log.Info("worker registered", "worker_id", req.Name)
+	writeJSON(w, http.StatusCreated, RegisterWorkerResponse{Name: req.Name, Token: token})
+}
+
+func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
+	ws, err := s.cfg.Workers.List(r.Context())
+	if err != nil {
+		s.writeDBError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, nonNil(ws))
+}
+
+func (s *Server) revokeWorker(w http.ResponseWriter, r *http.Request) {
+	name := chi.URLParam(r, "name")
+	if err := s.cfg.Workers.Revoke(r.Context(), name); err != nil {
+		s.writeDBError(w, r, err)
+		return
+	}
+	s.log.Info("worker revoked", "worker_id", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// workersUnavailable serves the worker endpoints of a server without a
+// Workers implementation.
+func workersUnavailable(w http.ResponseWriter, r *http.Request) {
+	writeError(w, http.StatusNotImplemented, "this node does not manage remote workers")
+}
