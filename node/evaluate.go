@@ -207,6 +207,12 @@ func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Buil
 		return
 	}
 	d.apply(ctx, decisions)
+
+	workers := make([]*protocol.RemoteWorker, 0, len(d.workers))
+	for _, w := range d.workers {
+		workers = append(workers, w)
+	}
+	d.queryStores(ctx, workers)
 }
 
 // finishEvaluation stores the final state of an evaluation: failed when an
