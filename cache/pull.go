@@ -403,6 +403,21 @@ func (s *Store) storePulledNarInfo(info *narinfo.NarInfo, narURL, upstreamURL st
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
 
+	hashPart := narinfo.HashPart(info.StorePath)
+
+	unlock := s.lockPath(hashPart)
+	defer unlock()
+
+	// A stored path is kept as it is, and a pull never replaces it.
+	stored, err := s.narInfoBytes(context.Background(), hashPart)
+
+	switch {
+	case err == nil:
+		return storedForPull(stored, info)
+	case !errors.Is(err, ErrNotFound):
+		return nil, err
+	}
+
 	record, err := s.narRecord(fileName)
 	haveFile := err == nil
 
@@ -423,7 +438,6 @@ func (s *Store) storePulledNarInfo(info *narinfo.NarInfo, narURL, upstreamURL st
 	}
 
 	data := narinfo.Format(info)
-	hashPart := narinfo.HashPart(info.StorePath)
 
 	meta, err := json.Marshal(pathMeta{Origin: originUpstream, Upstream: upstreamURL, LastUsed: s.cfg.Clock.Now().Unix()})
 	if err != nil {
@@ -455,6 +469,21 @@ func (s *Store) storePulledNarInfo(info *narinfo.NarInfo, narURL, upstreamURL st
 	}
 
 	return data, nil
+}
+
+// storedForPull returns the stored .narinfo file of the path that info
+// describes, unless info gives it another NarHash or NarSize.
+func storedForPull(stored []byte, info *narinfo.NarInfo) ([]byte, error) {
+	storedInfo, err := narinfo.Parse(bytes.NewReader(stored))
+	if err != nil {
+		return nil, fmt.Errorf("read narinfo %q: stored narinfo is invalid: %w", info.StorePath, err)
+	}
+
+	if err := compareStoredPath(storedInfo, info); !errors.Is(err, errPathStored) {
+		return nil, fmt.Errorf("%w: %w", ErrUpstreamUnavailable, err)
+	}
+
+	return stored, nil
 }
 
 func formatNix32Digest(h *nixhash.HashWithEncoding) string {

@@ -38,24 +38,32 @@ func (s *Store) narRecordKey(fileName string) []byte {
 // PutNAR stores the store path described by info, reading its
 // uncompressed NAR serialisation from nar and compressing it with zstd.
 // It reads at most info.NarSize+1 bytes and never holds the whole NAR in
-// memory. When the bytes do not match info.NarHash and info.NarSize it
-// stores nothing and returns an error wrapping ErrHashMismatch. When the
-// cache already holds the path it returns nil without reading nar. The
-// narinfo becomes visible only after the NAR file is synced to disk.
-// Cancelling ctx stops the copy and returns ctx's error.
+// memory. The narinfo becomes visible only after the NAR file is synced
+// to disk. Cancelling ctx stops the copy and returns ctx's error.
+//
+// A store path never changes once stored. When the cache holds the path
+// with the same NarHash, PutNAR returns nil without reading nar, and with
+// another NarHash it returns an error wrapping ErrConflict. Every
+// reference but the path itself must be in the cache already, or PutNAR
+// returns an error wrapping ErrMissingReference that names the missing
+// ones. When the bytes do not match info.NarHash and info.NarSize it
+// returns an error wrapping ErrHashMismatch. After any error nothing is
+// stored.
 func (s *Store) PutNAR(ctx context.Context, info protocol.PathInfo, nar io.Reader) error {
 	ni, err := s.narInfoFromPathInfo(info)
 	if err != nil {
 		return fmt.Errorf("put NAR %q: %w", info.StorePath, err)
 	}
 
-	has, err := s.HasPath(ctx, info.StorePath)
-	if err != nil {
-		return fmt.Errorf("put NAR %q: %w", info.StorePath, err)
+	// This check only saves reading a NAR that would be rejected. The
+	// commit checks again under the path's lock.
+	err = s.checkNewPath(ctx, ni)
+	if errors.Is(err, errPathStored) {
+		return nil
 	}
 
-	if has {
-		return nil
+	if err != nil {
+		return fmt.Errorf("put NAR %q: %w", info.StorePath, err)
 	}
 
 	tmp, record, err := s.compressNAR(ctx, ni, nar)
@@ -69,7 +77,12 @@ func (s *Store) PutNAR(ctx context.Context, info protocol.PathInfo, nar io.Reade
 	ni.FileHash = mustNix32Hash(record.FileHash)
 	ni.FileSize = record.FileSize
 
-	if err := s.commit(ni, tmp, fileName, record); err != nil {
+	err = s.commit(ctx, ni, tmp, fileName, record)
+	if errors.Is(err, errPathStored) {
+		return nil
+	}
+
+	if err != nil {
 		return fmt.Errorf("put NAR %q: %w", info.StorePath, err)
 	}
 
@@ -210,10 +223,20 @@ func sizeString(n, limit uint64) string {
 
 // commit moves the synced file tmp to the nar directory as fileName, then
 // signs ni and stores it together with record. The order makes sure a
-// stored narinfo never names a missing file, even after a crash.
-func (s *Store) commit(ni *narinfo.NarInfo, tmp, fileName string, record narRecord) error {
+// stored narinfo never names a missing file, even after a crash. It first
+// checks ni with checkNewPath under the path's lock, and removes tmp and
+// returns that error when ni may not be stored.
+func (s *Store) commit(ctx context.Context, ni *narinfo.NarInfo, tmp, fileName string, record narRecord) error {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
+
+	unlock := s.lockPath(narinfo.HashPart(ni.StorePath))
+	defer unlock()
+
+	if err := s.checkNewPath(ctx, ni); err != nil {
+		os.Remove(tmp)
+		return err
+	}
 
 	if err := os.Rename(tmp, filepath.Join(s.narDir, fileName)); err != nil {
 		os.Remove(tmp)
@@ -228,7 +251,8 @@ func (s *Store) commit(ni *narinfo.NarInfo, tmp, fileName string, record narReco
 }
 
 // storeNarInfo signs ni and stores it with the record of its NAR file.
-// The caller holds gcMu for reading from before it checked the file.
+// The caller holds gcMu for reading from before it checked the file, and
+// the lock of ni's path from before it called checkNewPath.
 func (s *Store) storeNarInfo(ni *narinfo.NarInfo, fileName string, record narRecord) error {
 	if err := narinfo.Sign(ni, s.key); err != nil {
 		return err

@@ -65,6 +65,18 @@ var (
 
 	// ErrTooLarge is wrapped when a NAR exceeds Config.MaxNARSize.
 	ErrTooLarge = errors.New("NAR too large")
+
+	// ErrConflict is wrapped when a path is put that the cache already
+	// holds with another NarHash. A store path's contents never change,
+	// so the stored path is kept as it is. Uploads over HTTP get a 409
+	// response instead.
+	ErrConflict = errors.New("store path is already in the cache with other contents")
+
+	// ErrMissingReference is wrapped by PutNAR when a reference of the
+	// path, other than the path itself, is not in the cache. The error
+	// names the missing paths: put them first. Uploads over HTTP get a
+	// 400 response instead.
+	ErrMissingReference = errors.New("reference is not in the cache")
 )
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -167,6 +179,11 @@ type Store struct {
 	// name.
 	narFlightsMu sync.Mutex
 	narFlights   map[string]*narFlight
+
+	// pathLocks serialise the check and the write of narinfos with the
+	// same hash part, so that a stored path is never replaced (see
+	// lockPath).
+	pathLocks [64]sync.Mutex
 
 	negative negativeCache
 	lastUsed sync.Map // hash part -> unix seconds of the last read

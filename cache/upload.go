@@ -137,9 +137,21 @@ func (s *Store) putUploadedNarInfo(ctx context.Context, hashPart string, body io
 		return badRequest("invalid narinfo: %v", err)
 	}
 
-	fileName, err := s.checkUploadedNarInfo(ctx, hashPart, ni)
+	fileName, err := s.checkUploadedNarInfo(hashPart, ni)
 	if err != nil {
 		return err
+	}
+
+	// This check only saves verifying a NAR that would be rejected. The
+	// commit checks again under the path's lock.
+	err = s.checkNewPath(ctx, ni)
+	if errors.Is(err, errPathStored) {
+		s.logger.Debug("uploaded path is already stored", "store_path", ni.StorePath)
+		return nil
+	}
+
+	if err != nil {
+		return uploadPathError(err)
 	}
 
 	claimed, err := s.claimUpload(fileName)
@@ -163,8 +175,13 @@ func (s *Store) putUploadedNarInfo(ctx context.Context, hashPart string, body io
 	ni.FileHash = mustNix32Hash(record.FileHash)
 	ni.FileSize = record.FileSize
 
-	if err := s.commit(ni, claimed, finalName, record); err != nil {
-		return fmt.Errorf("store uploaded %q: %w", ni.StorePath, err)
+	err = s.commit(ctx, ni, claimed, finalName, record)
+	if errors.Is(err, errPathStored) {
+		return nil
+	}
+
+	if err != nil {
+		return uploadPathError(fmt.Errorf("store uploaded %q: %w", ni.StorePath, err))
 	}
 
 	s.logger.Info("stored uploaded path", "store_path", ni.StorePath, "nar_size", ni.NarSize, "file_size", ni.FileSize)
@@ -172,9 +189,10 @@ func (s *Store) putUploadedNarInfo(ctx context.Context, hashPart string, body io
 	return nil
 }
 
-// checkUploadedNarInfo checks the fields of an uploaded narinfo that do not
-// depend on its NAR, and returns the NAR's file name.
-func (s *Store) checkUploadedNarInfo(ctx context.Context, hashPart string, ni *narinfo.NarInfo) (string, error) {
+// checkUploadedNarInfo checks the fields of an uploaded narinfo that depend
+// neither on its NAR nor on the stored paths, and returns the NAR's file
+// name.
+func (s *Store) checkUploadedNarInfo(hashPart string, ni *narinfo.NarInfo) (string, error) {
 	if err := s.checkStorePath(ni.StorePath); err != nil {
 		return "", badRequest("narinfo field StorePath: %v", err)
 	}
@@ -198,16 +216,23 @@ func (s *Store) checkUploadedNarInfo(ctx context.Context, hashPart string, ni *n
 		return "", badRequest("narinfo field Compression: %q does not match the file name %q, want %q", ni.Compression, fileName, want)
 	}
 
-	missing, err := s.missingReferences(ctx, ni)
-	if err != nil {
-		return "", err
-	}
-
-	if len(missing) > 0 {
-		return "", badRequest("narinfo field References: %q is not in the cache, upload it first", missing[0])
-	}
-
 	return fileName, nil
+}
+
+// uploadPathError turns the errors of checkNewPath into the responses to
+// an upload: 409 for a conflict and 400 for a missing reference or a
+// NarSize that differs from the stored path's.
+func uploadPathError(err error) error {
+	switch {
+	case errors.Is(err, ErrConflict):
+		return &uploadError{code: http.StatusConflict, msg: err.Error()}
+	case errors.Is(err, ErrMissingReference):
+		return badRequest("narinfo field References: %v", err)
+	case errors.Is(err, ErrHashMismatch):
+		return badRequest("narinfo field NarSize: %v", err)
+	default:
+		return err
+	}
 }
 
 // missingReferences returns the references of ni other than ni itself
@@ -264,6 +289,18 @@ func (s *Store) claimUpload(fileName string) (string, error) {
 func (s *Store) reuseNAR(ctx context.Context, ni *narinfo.NarInfo, fileName string) error {
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
+
+	unlock := s.lockPath(narinfo.HashPart(ni.StorePath))
+	defer unlock()
+
+	err := s.checkNewPath(ctx, ni)
+	if errors.Is(err, errPathStored) {
+		return nil
+	}
+
+	if err != nil {
+		return uploadPathError(err)
+	}
 
 	record, err := s.narRecord(fileName)
 	if errors.Is(err, badger.ErrKeyNotFound) {
