@@ -3,6 +3,7 @@ package cmd
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -12,8 +13,9 @@ import (
 
 func newServeCommand(cf *clientFlags) *cobra.Command {
 	var (
-		cfg      node.Config
-		logLevel string
+		cfg            node.Config
+		logLevel       string
+		trustedProxies []string
 	)
 	c := &cobra.Command{
 		Use:   "serve",
@@ -26,6 +28,13 @@ func newServeCommand(cf *clientFlags) *cobra.Command {
 			}
 			if cfg.WorkerMaxJobs < 1 || cfg.WorkerMaxJobs > 64 {
 				return fmt.Errorf("--worker-max-jobs %d is out of range: give 1 to 64", cfg.WorkerMaxJobs)
+			}
+			for _, p := range trustedProxies {
+				prefix, err := netip.ParsePrefix(p)
+				if err != nil {
+					return fmt.Errorf("--trusted-proxy %q is invalid: give a CIDR such as 10.0.0.0/8 or ::1/128", p)
+				}
+				cfg.TrustedProxies = append(cfg.TrustedProxies, prefix)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg.DataDir = cf.dataDir
@@ -44,6 +53,8 @@ func newServeCommand(cf *clientFlags) *cobra.Command {
 	f.StringVar(&cfg.NixBin, "nix", "", "nix binary of the in-process worker (default: nix on PATH)")
 	f.StringVar(&cfg.WorkerStore, "worker-store", "", "chroot store directory of the in-process worker, passed to nix as --store (default: the machine's store)")
 	f.IntVar(&cfg.WorkerMaxJobs, "worker-max-jobs", 1, "builds the in-process worker runs at once, 1 to 64")
+	f.BoolVar(&cfg.NoDefaultUpstream, "no-default-upstream", false, "create the main cache without https://cache.nixos.org as its upstream (first start only)")
+	f.StringSliceVar(&trustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For header is believed, repeatable")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return c
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -36,6 +37,14 @@ type Config struct {
 	// WorkerMaxJobs is how many builds the in-process worker runs at once.
 	// Default 1, at most 64.
 	WorkerMaxJobs int
+
+	// NoDefaultUpstream creates the main cache without cache.nixos.org as
+	// its upstream. It matters only on the first start; later, upstreams
+	// are edited with `gradient cache upstream`.
+	NoDefaultUpstream bool
+	// TrustedProxies are the addresses whose X-Forwarded-For header the
+	// cache believes when it picks the priority for a client.
+	TrustedProxies []netip.Prefix
 
 	// MaxConcurrentEvaluations bounds evaluations that run at once.
 	// Default 1.

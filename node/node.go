@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +58,14 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer records.Close()
 
+	// Listen before the first start creates its token and key, so a port
+	// that is in use leaves nothing behind.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %q: %w", cfg.Listen, err)
+	}
+	defer ln.Close()
+
 	token, created, err := loadOrCreateSecret(filepath.Join(cfg.DataDir, AdminTokenFile), newToken)
 	if err != nil {
 		return fmt.Errorf("admin token: %w", err)
@@ -74,12 +85,24 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("cache signing key created", "cache", mainCache, "key_name", cfg.CacheKeyName)
 	}
 	store, err := cache.New(records.Badger(), cache.Config{
-		Name:      mainCache,
-		Dir:       filepath.Join(cfg.DataDir, "caches", mainCache),
-		SecretKey: secret,
+		Name:              mainCache,
+		Dir:               filepath.Join(cfg.DataDir, "caches", mainCache),
+		SecretKey:         secret,
+		NoDefaultUpstream: cfg.NoDefaultUpstream,
+		TrustedProxies:    cfg.TrustedProxies,
+		Roots:             evaluationRoots{db: records},
 	}, n.log)
 	if err != nil {
 		return err
+	}
+	defer store.Close()
+	if keyName, _, _ := strings.Cut(store.PublicKey(), ":"); keyName != cfg.CacheKeyName && !created {
+		n.log.Warn("cache signing key exists with another name; --cache-key-name applies only when the key is created",
+			"key_name", keyName, "requested_key_name", cfg.CacheKeyName)
+	}
+	metrics := prometheus.NewRegistry()
+	if err := metrics.Register(store); err != nil {
+		return fmt.Errorf("register cache metrics: %w", err)
 	}
 
 	logs, err := newLogStore(filepath.Join(cfg.DataDir, "logs"))
@@ -91,10 +114,6 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %q: %w", cfg.Listen, err)
-	}
 	addr := ln.Addr().String()
 	cacheURL := "http://" + addr + "/cache/" + mainCache
 
@@ -128,6 +147,7 @@ func (n *Node) Run(ctx context.Context) error {
 		Workers:       registry,
 		WorkerConnect: hub,
 		AdminToken:    token,
+		Metrics:       promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
 		Logger:        n.log,
 	})
 	srv.AddCache(web.Cache{
@@ -196,20 +216,8 @@ func (n *Node) serve(ctx context.Context, cancel context.CancelFunc, ln net.List
 	}()
 	go func() {
 		defer wg.Done()
-		ticker := time.NewTicker(10 * time.Minute)
-		defer ticker.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-ticker.C:
-				removed, err := store.RemoveStaleUploads(ctx)
-				if err != nil {
-					n.log.Warn("remove stale uploads failed", "err", err)
-				} else if removed > 0 {
-					n.log.Info("removed stale uploads", "files", removed)
-				}
-			}
+		if err := store.Run(ctx); err != nil && ctx.Err() == nil {
+			fail(fmt.Errorf("cache %s: %w", mainCache, err))
 		}
 	}()
 

@@ -64,7 +64,10 @@ type Config struct {
 	// token, not the admin token. When it is nil, the path returns 404.
 	WorkerConnect http.Handler
 	AdminToken    string
-	Logger        *slog.Logger
+	// Metrics serves GET /metrics in the Prometheus text format, without
+	// authentication, like the caches. Nil serves no /metrics.
+	Metrics http.Handler
+	Logger  *slog.Logger
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 	// LogPollInterval is how often a followed log is checked for new
@@ -97,6 +100,9 @@ func New(cfg Config) *Server {
 	r.Use(s.logRequests)
 	if cfg.WorkerConnect != nil {
 		r.Get("/api/v1/workers/connect", cfg.WorkerConnect.ServeHTTP)
+	}
+	if cfg.Metrics != nil {
+		r.Handle("/metrics", cfg.Metrics)
 	}
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(s.requireToken)

@@ -119,7 +119,10 @@ func startNode(t *testing.T, dataDir, workerStore string, extra ...string) *node
 	t.Helper()
 	n := &node{t: t, dataDir: dataDir, store: workerStore}
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir,
-		"--worker-store", workerStore, "--cache-key-name", "e2e-1", "--log-level", "debug"}, extra...)
+		"--worker-store", workerStore, "--cache-key-name", "e2e-1", "--log-level", "debug",
+		// cache.nixos.org is out of reach here, and tests send no traffic
+		// off this machine.
+		"--no-default-upstream"}, extra...)
 	n.cmd = exec.Command(gradientBin, args...)
 	stderr, err := n.cmd.StderrPipe()
 	if err != nil {
