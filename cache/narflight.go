@@ -285,18 +285,14 @@ func (s *Store) downloadNAR(f *narFlight, tmp *os.File, record pullRecord) error
 }
 
 // checkAndCommitPulled measures a downloaded file, compares it with the
-// narinfo and moves it into the nar directory.
+// narinfo, checks its archive format and moves it into the nar directory.
 func (s *Store) checkAndCommitPulled(ctx context.Context, f *narFlight, tmp *os.File, record pullRecord) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
 
-	measured, err := measureNAR(ctx, f.info.Compression, tmp, f.info.NarSize)
+	measured, err := measureNAR(ctx, f.info.Compression, tmp, f.info)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrHashMismatch, err)
-	}
-
-	if err := compareRecord(f.info, measured); err != nil {
 		return fmt.Errorf("%w: %w", ErrHashMismatch, err)
 	}
 

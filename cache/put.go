@@ -47,8 +47,8 @@ func (s *Store) narRecordKey(fileName string) []byte {
 // reference but the path itself must be in the cache already, or PutNAR
 // returns an error wrapping ErrMissingReference that names the missing
 // ones. When the bytes do not match info.NarHash and info.NarSize it
-// returns an error wrapping ErrHashMismatch. After any error nothing is
-// stored.
+// returns an error wrapping ErrHashMismatch, and when they are not a NAR
+// archive, one wrapping ErrInvalidNAR. After any error nothing is stored.
 func (s *Store) PutNAR(ctx context.Context, info protocol.PathInfo, nar io.Reader) error {
 	ni, err := s.narInfoFromPathInfo(info)
 	if err != nil {
@@ -138,7 +138,8 @@ func (s *Store) narInfoFromPathInfo(info protocol.PathInfo) (*narinfo.NarInfo, e
 }
 
 // compressNAR streams nar into a zstd-compressed temporary file while
-// hashing both sides, and checks the NAR against ni. On success the file
+// hashing both sides and checking its archive format, and checks the NAR
+// against ni. On success the file
 // is synced and closed and the caller owns it.
 func (s *Store) compressNAR(ctx context.Context, ni *narinfo.NarInfo, nar io.Reader) (tmp string, record narRecord, err error) {
 	f, err := os.CreateTemp(s.tmpDir, "put-*.nar.zst")
@@ -162,9 +163,10 @@ func (s *Store) compressNAR(ctx context.Context, ni *narinfo.NarInfo, nar io.Rea
 	}
 
 	narHash := sha256.New()
+	narSize := &countingWriter{}
 	limited := io.LimitReader(contextReader{ctx: ctx, r: nar}, int64(ni.NarSize)+1)
 
-	narSize, err := io.Copy(enc, io.TeeReader(limited, narHash))
+	formatErr, err := checkNARStream(io.TeeReader(limited, io.MultiWriter(enc, narHash, narSize)))
 	if err != nil {
 		enc.Close()
 		return "", narRecord{}, fmt.Errorf("read NAR: %w", err)
@@ -174,8 +176,14 @@ func (s *Store) compressNAR(ctx context.Context, ni *narinfo.NarInfo, nar io.Rea
 		return "", narRecord{}, fmt.Errorf("compress NAR: %w", err)
 	}
 
-	if err := checkNAR(ni, narHash, uint64(narSize)); err != nil {
+	// A NAR that is not the one described is reported as such before
+	// its format, because that is the more likely fault.
+	if err := checkNAR(ni, narHash, narSize.n); err != nil {
 		return "", narRecord{}, err
+	}
+
+	if formatErr != nil {
+		return "", narRecord{}, formatErr
 	}
 
 	if err := f.Sync(); err != nil {
@@ -189,7 +197,7 @@ func (s *Store) compressNAR(ctx context.Context, ni *narinfo.NarInfo, nar io.Rea
 	record = narRecord{
 		Compression: "zstd",
 		NarHash:     formatSHA256(narHash),
-		NarSize:     uint64(narSize),
+		NarSize:     narSize.n,
 		FileHash:    formatSHA256(fileHash),
 		FileSize:    fileSize.n,
 	}

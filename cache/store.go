@@ -63,6 +63,13 @@ var (
 	// response instead.
 	ErrHashMismatch = errors.New("NAR does not match its path info")
 
+	// ErrInvalidNAR is wrapped when bytes put as a NAR are not a NAR
+	// archive in the canonical form nix writes. The error names the
+	// problem, the path inside the archive and the byte offset. Uploads
+	// over HTTP get a 400 response instead, and a pulled NAR is not
+	// stored.
+	ErrInvalidNAR = errors.New("invalid NAR archive")
+
 	// ErrTooLarge is wrapped when a NAR exceeds Config.MaxNARSize.
 	ErrTooLarge = errors.New("NAR too large")
 

@@ -343,11 +343,11 @@ func (s *Store) measureStoredNAR(ctx context.Context, ni *narinfo.NarInfo, fileN
 
 	defer f.Close()
 
-	return measureNAR(ctx, extensionCompression[narExtension(fileName)], f, ni.NarSize)
+	return measureNAR(ctx, extensionCompression[narExtension(fileName)], f, ni)
 }
 
 // verifyUploadedNAR decompresses the file at path with bounds, hashes both
-// sides and compares the result with ni. It syncs the file on success.
+// sides, checks the archive format and compares the result with ni. It syncs the file on success.
 func (s *Store) verifyUploadedNAR(ctx context.Context, ni *narinfo.NarInfo, path string) (narRecord, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -356,12 +356,8 @@ func (s *Store) verifyUploadedNAR(ctx context.Context, ni *narinfo.NarInfo, path
 
 	defer f.Close()
 
-	record, err := measureNAR(ctx, ni.Compression, f, ni.NarSize)
+	record, err := measureNAR(ctx, ni.Compression, f, ni)
 	if err != nil {
-		return narRecord{}, err
-	}
-
-	if err := compareRecord(ni, record); err != nil {
 		return narRecord{}, err
 	}
 
@@ -372,10 +368,32 @@ func (s *Store) verifyUploadedNAR(ctx context.Context, ni *narinfo.NarInfo, path
 	return record, nil
 }
 
-// measureNAR reads a NAR file compressed with compression and returns its
-// hashes and sizes. It decompresses at most narSize+1 bytes, so a NAR
-// larger than narSize shows as narSize+1 bytes.
-func measureNAR(ctx context.Context, compression string, file io.ReadSeeker, narSize uint64) (narRecord, error) {
+// measureNAR reads a NAR file compressed with compression and checks it
+// against ni: first its sizes and hashes with compareRecord, then its
+// archive format. A file that fails a check gets a 400 uploadError. It
+// returns the record of the file.
+func measureNAR(ctx context.Context, compression string, file io.ReadSeeker, ni *narinfo.NarInfo) (narRecord, error) {
+	record, formatErr, err := scanNAR(ctx, compression, file, ni.NarSize)
+	if err != nil {
+		return narRecord{}, err
+	}
+
+	if err := compareRecord(ni, record); err != nil {
+		return narRecord{}, err
+	}
+
+	if formatErr != nil {
+		return narRecord{}, badRequest("NAR file: %v", formatErr)
+	}
+
+	return record, nil
+}
+
+// scanNAR reads a NAR file compressed with compression and returns its
+// hashes and sizes, and in formatErr why the decompressed bytes are not a
+// NAR archive. It decompresses at most narSize+1 bytes, so a NAR larger
+// than narSize shows as narSize+1 bytes.
+func scanNAR(ctx context.Context, compression string, file io.ReadSeeker, narSize uint64) (record narRecord, formatErr, err error) {
 	fileHash := sha256.New()
 	fileSize := &countingWriter{}
 	fileTee := io.TeeReader(contextReader{ctx: ctx, r: file}, io.MultiWriter(fileHash, fileSize))
@@ -384,45 +402,49 @@ func measureNAR(ctx context.Context, compression string, file io.ReadSeeker, nar
 	// header, so the headers are checked before any decoding.
 	if compression == "xz" {
 		if err := checkXZDictionaries(file, maxDecoderWindow); err != nil {
-			return narRecord{}, badRequest("narinfo field Compression: cannot decompress the NAR file as xz: %v", err)
+			return narRecord{}, nil, badRequest("narinfo field Compression: cannot decompress the NAR file as xz: %v", err)
 		}
 
 		if _, err := file.Seek(0, io.SeekStart); err != nil {
-			return narRecord{}, err
+			return narRecord{}, nil, err
 		}
 	}
 
 	dec, err := newDecompressor(compression, fileTee)
 	if err != nil {
-		return narRecord{}, badRequest("narinfo field Compression: cannot decompress the NAR file as %s: %v", compression, err)
+		return narRecord{}, nil, badRequest("narinfo field Compression: cannot decompress the NAR file as %s: %v", compression, err)
 	}
 
 	defer dec.Close()
 
 	narHash := sha256.New()
+	narCount := &countingWriter{}
+	narTee := io.TeeReader(io.LimitReader(dec, int64(narSize)+1), io.MultiWriter(narHash, narCount))
 
-	n, err := io.Copy(narHash, io.LimitReader(dec, int64(narSize)+1))
+	formatErr, err = checkNARStream(narTee)
 	if err != nil {
 		if ctx.Err() != nil {
-			return narRecord{}, ctx.Err()
+			return narRecord{}, nil, ctx.Err()
 		}
 
-		return narRecord{}, badRequest("narinfo field Compression: cannot decompress the NAR file as %s: %v", compression, err)
+		return narRecord{}, nil, badRequest("narinfo field Compression: cannot decompress the NAR file as %s: %v", compression, err)
 	}
 
 	// Hash what the decompressor left unread, so FileHash covers the
 	// whole file even if it has data after the compressed stream.
 	if _, err := io.Copy(io.Discard, fileTee); err != nil {
-		return narRecord{}, err
+		return narRecord{}, nil, err
 	}
 
-	return narRecord{
+	record = narRecord{
 		Compression: compression,
 		NarHash:     formatSHA256(narHash),
-		NarSize:     uint64(n),
+		NarSize:     narCount.n,
 		FileHash:    formatSHA256(fileHash),
 		FileSize:    fileSize.n,
-	}, nil
+	}
+
+	return record, formatErr, nil
 }
 
 // compareRecord checks the measured NAR against the fields of ni and
