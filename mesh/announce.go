@@ -146,6 +146,7 @@ func (n *Node) announceWorker(ctx context.Context, keys <-chan string) {
 		}
 
 		n.metrics.announced.Inc()
+		n.announced.Add(1)
 	}
 }
 

@@ -27,7 +27,7 @@ type Provider struct {
 }
 
 // FindProviders looks up the peers that provide storePath, waiting at
-// most Config.LookupTimeout or until MaxProviders are found. It returns
+// most Config.LookupTimeout, see findProviderIDs. It returns
 // them nearest first, without this node, non-members and blocked peers.
 // It returns an error wrapping ErrNotFound when there are none; a lookup
 // that timed out without a result counts as none.
@@ -58,23 +58,48 @@ func (n *Node) FindProviders(ctx context.Context, storePath string) ([]Provider,
 }
 
 // findProviderIDs returns the member peers other than this node that the
-// DHT lists as providers of hashPart within the lookup timeout.
+// DHT lists as providers of hashPart. It waits at most LookupTimeout, and
+// after the first provider at most a quarter of it for more, because a
+// DHT lookup for a rare path runs on until it has asked the closest
+// peers.
 func (n *Node) findProviderIDs(ctx context.Context, hashPart string) []peer.ID {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.LookupTimeout)
 	defer cancel()
 
 	f := n.Federation()
+	results := n.dht.FindProvidersAsync(ctx, wire.PathKey(hashPart), n.cfg.MaxProviders+1)
 
-	var ids []peer.ID
-	for info := range n.dht.FindProvidersAsync(ctx, wire.PathKey(hashPart), n.cfg.MaxProviders+1) {
-		if info.ID == n.host.ID() || !f.Admits(info.ID) || slices.Contains(ids, info.ID) {
-			continue
+	var (
+		ids   []peer.ID
+		grace <-chan time.Time
+	)
+
+	for {
+		select {
+		case <-grace:
+			return ids
+		case info, ok := <-results:
+			if !ok {
+				return ids
+			}
+
+			if info.ID == n.host.ID() || !f.Admits(info.ID) || slices.Contains(ids, info.ID) {
+				continue
+			}
+
+			ids = append(ids, info.ID)
+
+			if len(ids) >= n.cfg.MaxProviders {
+				return ids
+			}
+
+			if grace == nil {
+				timer := time.NewTimer(n.cfg.LookupTimeout / 4)
+				defer timer.Stop()
+				grace = timer.C
+			}
 		}
-
-		ids = append(ids, info.ID)
 	}
-
-	return ids
 }
 
 // rank returns ids as candidates, without blocked peers, nearest first.

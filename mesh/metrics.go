@@ -77,6 +77,9 @@ type Stats struct {
 	// Overdue is the number of paths whose provider record expired or
 	// was not published in time.
 	Overdue int `json:"overdue"`
+	// Announced is the number of provider records published since the
+	// node started.
+	Announced int64 `json:"announced"`
 	// PeerBuilds is the number of builds in progress that peers
 	// announced.
 	PeerBuilds int `json:"peer_builds"`
@@ -98,6 +101,7 @@ func (n *Node) Stats() Stats {
 		Paths:             n.schedule.Len(),
 		AnnouncesInFlight: n.schedule.InFlight(),
 		Overdue:           n.schedule.Overdue(now),
+		Announced:         n.announced.Load(),
 		PeerBuilds:        n.board.Len(),
 		OwnBuilds:         len(n.ownBuilds),
 		BlockedPeers:      n.blocklist.Len(),

@@ -90,6 +90,8 @@ type Node struct {
 	closeErr  error
 	metrics   *metrics
 	tracer    meshTracer
+	// announced counts published provider records, for Stats.
+	announced atomic.Int64
 
 	// mu guards the fields below.
 	mu        sync.Mutex
