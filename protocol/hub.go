@@ -26,6 +26,11 @@ var ErrInvalidToken = errors.New("invalid worker token")
 // it again elsewhere.
 var ErrWorkerGone = errors.New("worker disconnected")
 
+// ErrJobDeclined is wrapped by the errors a RemoteWorker returns when the
+// worker declined a job, such as when all its slots are busy. The job did
+// not run: the node may offer it again, to this worker or another.
+var ErrJobDeclined = errors.New("worker declined the job")
+
 // HubConfig configures a Hub. NewHub copies it and fills in defaults.
 type HubConfig struct {
 	// Authenticate maps a worker's bearer token to its worker ID. It

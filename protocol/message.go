@@ -188,6 +188,10 @@ type JobError struct {
 	BuildFailed bool `cbor:"build_failed,omitempty"`
 	// Message is nix's or the worker's message.
 	Message string `cbor:"message"`
+
+	// declined marks the error the node makes of a JobDecline. It never
+	// travels on the wire.
+	declined bool
 }
 
 func (e *JobError) Error() string { return e.Message }

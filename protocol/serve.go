@@ -294,16 +294,20 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer func() {
+		release := func() {
 			cancel()
 			s.mu.Lock()
 			delete(s.jobs, offer.Job)
 			s.mu.Unlock()
-		}()
+		}
 		if err := s.conn.Write(s.ctx, &JobAccept{Job: offer.Job}); err != nil {
+			release()
 			return
 		}
 		result := s.runJob(jobCtx, offer)
+		// The slot is free before the result goes out: a node that reads
+		// the result may offer the next job at once.
+		release()
 		_ = s.conn.Write(s.ctx, result)
 	}()
 }

@@ -141,7 +141,7 @@ func (s *session) handle(ctx context.Context, m Message) error {
 			s.log.Debug("job accepted", "job", m.Job)
 		}
 	case *JobDecline:
-		s.finishJob(m.Job, &JobResult{Job: m.Job, Error: &JobError{Message: "worker " + s.id + " declined the job: " + m.Reason}}, true)
+		s.finishJob(m.Job, &JobResult{Job: m.Job, Error: &JobError{Message: m.Reason, declined: true}}, true)
 	case *LogChunk:
 		if j := s.job(m.Job); j != nil {
 			j.writeLog(m.Data)
@@ -403,6 +403,9 @@ func (s *session) runJob(ctx context.Context, offer *JobOffer, log io.Writer, na
 	s.reply(offer)
 	select {
 	case r := <-j.result:
+		if r.Error != nil && r.Error.declined {
+			return nil, fmt.Errorf("run job on worker %q: %w: %s", s.id, ErrJobDeclined, r.Error.Message)
+		}
 		if r.Error != nil {
 			return nil, r.Error
 		}
