@@ -25,7 +25,7 @@ type Build struct {
 	Expires time.Time
 }
 
-// Outcome is how a build ended.
+// Outcome is the way a build ended.
 type Outcome string
 
 const (

@@ -24,7 +24,7 @@ const (
 	MaxETA      = 7 * 24 * time.Hour
 )
 
-// BuildEvent is what a build announcement reports.
+// BuildEvent is the kind of a build announcement: a start or an end.
 type BuildEvent string
 
 const (

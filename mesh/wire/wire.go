@@ -55,7 +55,7 @@ func PathKey(hashPart string) cid.Cid {
 	return cid.NewCidV1(cid.Raw, sum)
 }
 
-// Request asks a peer for the narinfo and the NAR file of one store path.
+// Request is a request to a peer for the narinfo and the NAR file of one store path.
 type Request struct {
 	// HashPart is the 32-character nix32 hash of the store path.
 	HashPart string
@@ -99,14 +99,14 @@ const (
 	StatusOK Status = "OK"
 	// StatusNotFound means the peer does not hold the path.
 	StatusNotFound Status = "NOT_FOUND"
-	// StatusError means the peer failed to serve the path; the message
-	// says why.
+	// StatusError means the peer failed to serve the path, for the
+	// reason in the message.
 	StatusError Status = "ERROR"
 )
 
 // Response is the header a peer sends back. For StatusOK it is followed
 // by NarInfoSize bytes of .narinfo text and FileSize bytes of the NAR
-// file, compressed as the narinfo says.
+// file, compressed as its Compression field names.
 type Response struct {
 	Status Status
 	// NarInfoSize and FileSize are set for StatusOK.
