@@ -106,7 +106,7 @@ const (
 
 // Response is the header a peer sends back. For StatusOK it is followed
 // by NarInfoSize bytes of .narinfo text and FileSize bytes of the NAR
-// file, compressed as its Compression field names.
+// file, compressed with the method in the narinfo's Compression field.
 type Response struct {
 	Status Status
 	// NarInfoSize and FileSize are set for StatusOK.
