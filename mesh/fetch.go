@@ -49,8 +49,29 @@ func (n *Node) Fetch(ctx context.Context, storePath string, sink protocol.NARSin
 		return "", fmt.Errorf("fetch %q from the mesh: %w", storePath, err)
 	}
 
-	hashPart := narinfo.HashPart(base)
-	logger := n.logger.With("store_path", storePath)
+	return n.fetch(ctx, narinfo.HashPart(base), storePath, sink, hints)
+}
+
+// FetchHashPart is Fetch for a path known only by its hash part, as in a
+// request for "<hash part>.narinfo". It accepts the narinfo of any store
+// path with that hash part.
+func (n *Node) FetchHashPart(ctx context.Context, hashPart string, sink protocol.NARSink, hints ...peer.ID) (peer.ID, error) {
+	if !narinfo.IsHashPart(hashPart) {
+		return "", fmt.Errorf("fetch %q from the mesh: %w: invalid hash part", hashPart, narinfo.ErrInvalidStorePath)
+	}
+
+	return n.fetch(ctx, hashPart, "", sink, hints)
+}
+
+// fetch implements Fetch and FetchHashPart. storePath is empty when only
+// the hash part is known.
+func (n *Node) fetch(ctx context.Context, hashPart, storePath string, sink protocol.NARSink, hints []peer.ID) (peer.ID, error) {
+	name := storePath
+	if name == "" {
+		name = hashPart
+	}
+
+	logger := n.logger.With("store_path", name)
 
 	f := n.Federation()
 	hints = slices.DeleteFunc(slices.Clone(hints), func(id peer.ID) bool { return id == n.host.ID() || !f.Admits(id) })
@@ -76,9 +97,9 @@ func (n *Node) Fetch(ctx context.Context, storePath string, sink protocol.NARSin
 				logger.Warn("blocked a peer that served bad data", "remote_peer_id", id.String(), "error", err)
 			case errors.Is(err, errSink):
 				n.metrics.fetches.WithLabelValues(fetchError).Inc()
-				return "", fmt.Errorf("fetch %q from %s: %w", storePath, id, err)
+				return "", fmt.Errorf("fetch %q from %s: %w", name, id, err)
 			case ctx.Err() != nil:
-				return "", fmt.Errorf("fetch %q from the mesh: %w", storePath, ctx.Err())
+				return "", fmt.Errorf("fetch %q from the mesh: %w", name, ctx.Err())
 			default:
 				n.metrics.fetches.WithLabelValues(fetchError).Inc()
 				logger.Info("fetching from a peer failed, trying the next", "remote_peer_id", id.String(), "error", err)
@@ -98,7 +119,7 @@ func (n *Node) Fetch(ctx context.Context, storePath string, sink protocol.NARSin
 
 	n.metrics.fetches.WithLabelValues(fetchNotFound).Inc()
 
-	return "", fmt.Errorf("fetch %q from the mesh: %w", storePath, ErrNotFound)
+	return "", fmt.Errorf("fetch %q from the mesh: %w", name, ErrNotFound)
 }
 
 // errSink marks an error of the sink that is not about the data.
@@ -154,7 +175,7 @@ func (n *Node) fetchFrom(ctx context.Context, id peer.ID, storePath, hashPart st
 		return fmt.Errorf("peer failed: %q", resp.Message)
 	}
 
-	info, err := n.readNarInfo(r, resp, storePath)
+	info, err := n.readNarInfo(r, resp, storePath, hashPart)
 	if err != nil {
 		s.Reset()
 		return err
@@ -181,8 +202,8 @@ func (n *Node) fetchFrom(ctx context.Context, id peer.ID, storePath, hashPart st
 }
 
 // readNarInfo reads and verifies the narinfo that follows a response
-// header.
-func (n *Node) readNarInfo(r io.Reader, resp wire.Response, storePath string) (*narinfo.NarInfo, error) {
+// header. An empty storePath accepts any path with hashPart.
+func (n *Node) readNarInfo(r io.Reader, resp wire.Response, storePath, hashPart string) (*narinfo.NarInfo, error) {
 	text := make([]byte, resp.NarInfoSize)
 	if _, err := io.ReadFull(r, text); err != nil {
 		return nil, fmt.Errorf("read narinfo: %w", err)
@@ -194,7 +215,7 @@ func (n *Node) readNarInfo(r io.Reader, resp wire.Response, storePath string) (*
 	}
 
 	switch {
-	case info.StorePath != storePath:
+	case storePath != "" && info.StorePath != storePath, narinfo.HashPart(info.StorePath) != hashPart:
 		return nil, fmt.Errorf("%w: narinfo is for %q", ErrBadData, info.StorePath)
 	case info.NarSize > uint64(n.cfg.MaxNARSize):
 		return nil, fmt.Errorf("%w: NarSize %d exceeds the limit of %d bytes", ErrBadData, info.NarSize, n.cfg.MaxNARSize)

@@ -50,6 +50,19 @@ func TestFetchFromProvider(t *testing.T) {
 	if err := narinfo.Verify(info, []narinfo.PublicKey{c.cache.pub}); err != nil {
 		t.Errorf("C's narinfo of %s = %v, want it signed by C's key", p, err)
 	}
+
+	// B knows only the hash part, as a cache does for a narinfo request.
+	b := m.nodes[1]
+	from, err = b.FetchHashPart(context.Background(), narinfo.HashPart(p), b.cache)
+	if err != nil || (from != a.ID() && from != c.ID()) {
+		t.Fatalf("FetchHashPart(%s) = %s, %v, want A or C", narinfo.HashPart(p), from, err)
+	}
+	if got, ok := b.cache.file(p); !ok || string(got) != "the NAR of hello" {
+		t.Errorf("B's NAR of %s = %q, %v, want A's", p, got, ok)
+	}
+	if _, err := b.FetchHashPart(context.Background(), "not-a-hash-part", b.cache); !errors.Is(err, narinfo.ErrInvalidStorePath) {
+		t.Errorf("FetchHashPart(invalid) = %v, want ErrInvalidStorePath", err)
+	}
 }
 
 func providersOf(n *testNode, storePath string) int {
