@@ -163,16 +163,27 @@ func (u *Upstream) NarInfo(ctx context.Context, hashPart string) (*narinfo.NarIn
 		return nil, "", fmt.Errorf("read narinfo %q from %s: %w: %w", hashPart, u.base, ErrInvalid, err)
 	}
 
-	if err := u.check(info, hashPart); err != nil {
+	narURL, err := u.accept(info, hashPart)
+	if err != nil {
 		return nil, "", fmt.Errorf("read narinfo %q from %s: %w: %w", hashPart, u.base, ErrInvalid, err)
+	}
+
+	return info, narURL, nil
+}
+
+// accept checks a parsed narinfo that the upstream sent for hashPart and
+// returns the absolute URL of its NAR file.
+func (u *Upstream) accept(info *narinfo.NarInfo, hashPart string) (string, error) {
+	if err := u.check(info, hashPart); err != nil {
+		return "", err
 	}
 
 	narURL, err := u.resolve(info.URL)
 	if err != nil {
-		return nil, "", fmt.Errorf("read narinfo %q from %s: %w: field URL: %w", hashPart, u.base, ErrInvalid, err)
+		return "", fmt.Errorf("field URL: %w", err)
 	}
 
-	return info, narURL, nil
+	return narURL, nil
 }
 
 func (u *Upstream) check(info *narinfo.NarInfo, hashPart string) error {
