@@ -200,6 +200,10 @@ func (u *Upstream) check(info *narinfo.NarInfo, hashPart string) error {
 		return fmt.Errorf("field StorePath: %q does not have the requested hash part %s", info.StorePath, hashPart)
 	}
 
+	// NOTE: only a fixed:r:sha256 CA binds NarHash. For text, flat fixed
+	// and other recursive CAs the downloaded NAR is checked against the
+	// unsigned NarHash but not against the CA hash, and the cache then
+	// signs the narinfo.
 	if info.CA != "" && narinfo.CheckContentAddress(info) == nil {
 		return nil
 	}
