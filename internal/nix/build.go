@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -26,17 +28,29 @@ func BuildFailed(err error) bool {
 // output paths in the order nix prints them. A failed build returns an
 // *Error for which BuildFailed is true.
 //
-// NOTE: no GC root is registered for the outputs, so a garbage collection
-// in the same store between Realise and the upload can delete them.
-func (c *Client) Realise(ctx context.Context, drvPath string, log io.Writer) ([]string, error) {
+// A non-empty gcRoot is passed as --add-root: nix makes gcRoot a symlink
+// to the first output and gcRoot-<output> (Nix 2.8) a symlink to each
+// other one, and registers each symlink as an indirect GC root in the
+// store. The outputs then survive a garbage collection until the caller
+// removes the symlinks. The directory of gcRoot must exist and hold
+// nothing else that starts with its base name. With an empty gcRoot no
+// root is registered, and nix warns about that in the log.
+func (c *Client) Realise(ctx context.Context, drvPath, gcRoot string, log io.Writer) ([]string, error) {
 	if !strings.HasSuffix(drvPath, ".drv") || !strings.HasPrefix(drvPath, "/") {
 		return nil, fmt.Errorf("realise %q: not a .drv store path", drvPath)
 	}
+	if gcRoot != "" && !filepath.IsAbs(gcRoot) {
+		return nil, fmt.Errorf("realise %q: GC root %q is relative: use an absolute path", drvPath, gcRoot)
+	}
 
+	args := []string{"--realise"}
+	if gcRoot != "" {
+		args = append(args, "--add-root", gcRoot)
+	}
 	out, err := c.runOutput(ctx, command{
 		binary: c.storeBinary(),
 		name:   "nix-store --realise",
-		args:   []string{"--realise", "--", drvPath},
+		args:   append(args, "--", drvPath),
 		stderr: log,
 	})
 	if err != nil {
@@ -45,14 +59,36 @@ func (c *Client) Realise(ctx context.Context, drvPath string, log io.Writer) ([]
 
 	var paths []string
 	for _, line := range strings.Split(string(out), "\n") {
-		if line = strings.TrimSpace(line); line != "" {
-			paths = append(paths, line)
+		if line = strings.TrimSpace(line); line == "" {
+			continue
 		}
+		path, err := rootTarget(line, gcRoot)
+		if err != nil {
+			return nil, fmt.Errorf("realise %q: %w", drvPath, err)
+		}
+		paths = append(paths, path)
 	}
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("realise %q: nix-store printed no output paths", drvPath)
 	}
 	return paths, nil
+}
+
+// rootTarget returns the store path for a line that nix-store --realise
+// printed. With --add-root nix prints the GC root symlinks instead of the
+// store paths, so a line that names a symlink next to gcRoot is resolved.
+func rootTarget(line, gcRoot string) (string, error) {
+	if gcRoot == "" || filepath.Dir(line) != filepath.Dir(gcRoot) {
+		return line, nil
+	}
+	target, err := os.Readlink(line)
+	if err != nil {
+		return "", fmt.Errorf("read GC root: %w", err)
+	}
+	if !filepath.IsAbs(target) {
+		return "", fmt.Errorf("GC root %q points to %q, want an absolute store path", line, target)
+	}
+	return target, nil
 }
 
 // DumpPath writes the NAR serialisation of the store path to w with `nix

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,7 +128,7 @@ func TestClientEvalBuildDump(t *testing.T) {
 	}
 
 	var log bytes.Buffer
-	paths, err := c.Realise(ctx, drvPath, &log)
+	paths, err := c.Realise(ctx, drvPath, "", &log)
 	if err != nil {
 		t.Fatalf("Realise(%s) = %v\n%s", drvPath, err, log.String())
 	}
@@ -174,7 +175,7 @@ func TestClientRealiseFails(t *testing.T) {
 	}
 
 	var log bytes.Buffer
-	_, err = c.Realise(ctx, drvPath, &log)
+	_, err = c.Realise(ctx, drvPath, "", &log)
 	if !BuildFailed(err) {
 		t.Fatalf("Realise(fail) = %v, want a build failure", err)
 	}
@@ -186,7 +187,7 @@ func TestClientRealiseFails(t *testing.T) {
 		t.Errorf("Realise(fail) log = %q, want the builder's output", log.String())
 	}
 
-	_, err = c.Realise(ctx, "/nix/store/00000000000000000000000000000000-missing.drv", nil)
+	_, err = c.Realise(ctx, "/nix/store/00000000000000000000000000000000-missing.drv", "", nil)
 	if err == nil || BuildFailed(err) {
 		t.Errorf("Realise(missing .drv) = %v, want an error that is not a build failure", err)
 	}
@@ -211,7 +212,7 @@ func TestClientRealiseCancel(t *testing.T) {
 	defer logReader.Close()
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Realise(ctx, drvPath, logWriter)
+		_, err := c.Realise(ctx, drvPath, "", logWriter)
 		logWriter.Close()
 		done <- err
 	}()
@@ -278,5 +279,104 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) = nil error, want an error", cfg)
 		}
+	}
+}
+
+// TestClientRealiseGCRoot checks that Realise with a GC root returns the
+// store paths, not the symlinks that nix-store prints, and that nix does
+// not warn about a missing --add-root. A garbage collection must keep the
+// output while the root exists and delete it once the root is removed.
+func TestClientRealiseGCRoot(t *testing.T) {
+	c := newTestClient(t)
+	ctx := t.Context()
+	meta := lockTestFlake(t, c)
+	drvPath, err := c.DrvPath(ctx, meta.LockedURL, []string{"packages", "x86_64-linux", "hello"})
+	if err != nil {
+		t.Fatalf("DrvPath(hello) = %v", err)
+	}
+	drv, err := c.ReadDerivation(drvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	root := filepath.Join(t.TempDir(), "result")
+	var log bytes.Buffer
+	paths, err := c.Realise(ctx, drvPath, root, &log)
+	if err != nil {
+		t.Fatalf("Realise(hello, %s) = %v\n%s", root, err, log.String())
+	}
+	if len(paths) != 1 || paths[0] != drv.Outputs["out"] {
+		t.Errorf("Realise(hello, %s) = %q, want [%s]", root, paths, drv.Outputs["out"])
+	}
+	if strings.Contains(log.String(), "--add-root") {
+		t.Errorf("Realise(hello, %s) log = %q, want no --add-root warning", root, log.String())
+	}
+	if target, err := os.Readlink(root); err != nil || target != drv.Outputs["out"] {
+		t.Errorf("GC root %s points to %q (%v), want %s", root, target, err, drv.Outputs["out"])
+	}
+
+	collect := func() {
+		t.Helper()
+		cmd := exec.Command("nix-store", "--store", c.StoreDir(), "--gc")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nix-store --gc: %v: %s", err, out)
+		}
+	}
+	realOut := c.RealPath(drv.Outputs["out"])
+	collect()
+	if _, err := os.Lstat(realOut); err != nil {
+		t.Errorf("after nix-store --gc with the root, output %s: %v, want it kept", drv.Outputs["out"], err)
+	}
+
+	if err := os.Remove(root); err != nil {
+		t.Fatal(err)
+	}
+	collect()
+	if _, err := os.Lstat(realOut); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after nix-store --gc without the root, output %s: %v, want it deleted", drv.Outputs["out"], err)
+	}
+}
+
+func TestClientRealiseRejectsRelativeRoot(t *testing.T) {
+	c, err := New(Config{Binary: "/nonexistent/nix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Realise(t.Context(), "/nix/store/00000000000000000000000000000000-x.drv", "relative/root", nil); err == nil {
+		t.Error("Realise(relative GC root) = nil error, want an error")
+	}
+}
+
+func TestClientClosureInfo(t *testing.T) {
+	c := newTestClient(t)
+	ctx := t.Context()
+	meta := lockTestFlake(t, c)
+	drvPath, err := c.DrvPath(ctx, meta.LockedURL, []string{"packages", "x86_64-linux", "world"})
+	if err != nil {
+		t.Fatalf("DrvPath(world) = %v", err)
+	}
+	paths, err := c.Realise(ctx, drvPath, "", nil)
+	if err != nil {
+		t.Fatalf("Realise(world) = %v", err)
+	}
+
+	infos, err := c.ClosureInfo(ctx, paths...)
+	if err != nil {
+		t.Fatalf("ClosureInfo(world) = %v", err)
+	}
+	var got []string
+	for _, info := range infos {
+		got = append(got, filepath.Base(info.StorePath)[33:])
+	}
+	if want := []string{"hello", "world"}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("ClosureInfo(world) names = %q, want %q", got, want)
+	}
+
+	_, err = c.ClosureInfo(ctx, "/nix/store/00000000000000000000000000000000-missing")
+	if !errors.Is(err, ErrInvalidPath) {
+		t.Errorf("ClosureInfo(missing) = %v, want ErrInvalidPath", err)
+	}
+	if _, err := c.ClosureInfo(ctx, drvPath); err == nil {
+		t.Errorf("ClosureInfo(%s) = nil error, want .drv rejected", drvPath)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -72,6 +73,50 @@ func (c *Client) PathInfo(ctx context.Context, paths ...string) ([]PathInfo, err
 		result = append(result, info)
 	}
 	return result, nil
+}
+
+// ClosureInfo returns the path info of paths and of every store path they
+// refer to, transitively, with `nix path-info --recursive --json`, sorted
+// by store path. A path that is not valid returns an error wrapping
+// ErrInvalidPath. Like PathInfo it rejects .drv arguments, but .drv files
+// in the closure, such as one that an output names, are listed as files.
+func (c *Client) ClosureInfo(ctx context.Context, paths ...string) ([]PathInfo, error) {
+	for _, p := range paths {
+		if strings.HasSuffix(p, ".drv") {
+			return nil, fmt.Errorf("closure info %q: .drv files are not supported, because nix versions disagree on what the argument means", p)
+		}
+	}
+	if len(paths) == 0 {
+		return nil, nil
+	}
+
+	out, err := c.runOutput(ctx, command{
+		binary: c.cfg.Binary,
+		name:   "nix path-info --recursive",
+		args:   append([]string{"path-info", "--recursive", "--json", "--"}, paths...),
+	})
+	var nixErr *Error
+	if errors.As(err, &nixErr) && strings.Contains(nixErr.Message, "is not valid") {
+		// Nix 2.8 fails on an invalid argument when it computes a closure.
+		return nil, fmt.Errorf("closure info: %w: %w", ErrInvalidPath, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	infos, err := ParsePathInfo(out)
+	if err != nil {
+		return nil, err
+	}
+
+	// Nix versions that list an invalid argument instead of failing
+	// mark it invalid or null, and ParsePathInfo leaves it out.
+	for _, p := range paths {
+		_, found := slices.BinarySearchFunc(infos, p, func(info PathInfo, path string) int { return strings.Compare(info.StorePath, path) })
+		if !found {
+			return nil, fmt.Errorf("closure info %q: %w", p, ErrInvalidPath)
+		}
+	}
+	return infos, nil
 }
 
 // pathInfoJSON covers one path in `nix path-info --json` output of Nix 2.8

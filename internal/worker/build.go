@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -18,11 +20,15 @@ import (
 var errUploadEnded = errors.New("NAR upload ended before the dump")
 
 // Build realises the derivation, substituting missing inputs from the
-// configured substituters, and uploads each output that nars does not
-// already hold. The build log goes to log as nix writes it. A failed
-// build returns a *protocol.BuildError carrying nix's message; other
-// failures, such as a .drv missing from the worker's store, return a
-// plain error.
+// configured substituters, and uploads the runtime closure of its outputs:
+// each output and every store path it refers to, transitively, such as an
+// input source that an output embeds. It uploads references before the
+// paths that refer to them and skips the paths nars holds already, so a
+// sink that rejects a NAR whose references it lacks accepts every upload. The outputs have GC
+// roots from the realise until the upload ends. The build log goes to log
+// as nix writes it. A failed build returns a *protocol.BuildError carrying
+// nix's message; other failures, such as a .drv missing from the worker's
+// store, return a plain error.
 //
 // A .drv file missing from the worker's store, because another worker
 // evaluated it, is substituted by nix from the substituters before the
@@ -45,7 +51,19 @@ func (w *Worker) Build(ctx context.Context, req protocol.BuildRequest, log io.Wr
 		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, readErr)
 	}
 
-	paths, err := w.nix.Realise(ctx, req.DrvPath, log)
+	rootDir, err := os.MkdirTemp(w.gcRootDir, "gradient-gcroot-*")
+	if err != nil {
+		return protocol.BuildResult{}, fmt.Errorf("build %q: create GC root directory: %w", req.DrvPath, err)
+	}
+	defer func() {
+		// Removing the symlinks ends the roots. Nix deletes the stale
+		// entries that point to them in its next garbage collection.
+		if err := os.RemoveAll(rootDir); err != nil {
+			logger.Warn("remove GC roots failed", "dir", rootDir, "error", err)
+		}
+	}()
+
+	paths, err := w.nix.Realise(ctx, req.DrvPath, filepath.Join(rootDir, "result"), log)
 	if err != nil {
 		if message, ok := nixMessage(err); ok && nix.BuildFailed(err) {
 			logger.Info("build failed", "error", message)
@@ -63,40 +81,36 @@ func (w *Worker) Build(ctx context.Context, req protocol.BuildRequest, log io.Wr
 		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
 	}
 
-	infos, err := w.nix.PathInfo(ctx, paths...)
+	closure, err := w.nix.ClosureInfo(ctx, paths...)
+	if err != nil {
+		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
+	}
+	uploaded, err := w.uploadAll(ctx, referencesFirst(closure), nars, nil)
 	if err != nil {
 		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
 	}
 
-	result := protocol.BuildResult{Outputs: make(map[string]protocol.PathInfo, len(infos))}
-	for _, info := range referencesFirst(infos) {
-		pi := protocol.PathInfo{
-			StorePath:  info.StorePath,
-			NarHash:    info.NarHash,
-			NarSize:    info.NarSize,
-			References: info.References,
-			Deriver:    info.Deriver,
-			CA:         info.CA,
+	result := protocol.BuildResult{Outputs: make(map[string]protocol.PathInfo, len(outputs))}
+	for _, info := range closure {
+		if name, ok := outputs[info.StorePath]; ok && slices.Contains(paths, info.StorePath) {
+			result.Outputs[name] = toProtocol(info)
 		}
-		if err := w.upload(ctx, pi, nars); err != nil {
-			return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
-		}
-		result.Outputs[outputs[info.StorePath]] = pi
 	}
 
-	logger.Info("build finished", "outputs", len(result.Outputs), "duration", time.Since(started))
+	logger.Info("build finished", "outputs", len(result.Outputs), "closure_paths", len(closure), "uploaded_paths", uploaded, "duration", time.Since(started))
 	return result, nil
 }
 
 // upload streams the NAR of info.StorePath into nars unless nars holds the
-// path already. The NAR goes through a pipe and is never held in memory.
-func (w *Worker) upload(ctx context.Context, info protocol.PathInfo, nars protocol.NARSink) error {
+// path already, and reports whether it sent the NAR. The NAR goes through
+// a pipe and is never held in memory.
+func (w *Worker) upload(ctx context.Context, info protocol.PathInfo, nars protocol.NARSink) (bool, error) {
 	has, err := nars.HasPath(ctx, info.StorePath)
 	if err != nil {
-		return fmt.Errorf("upload %q: %w", info.StorePath, err)
+		return false, fmt.Errorf("upload %q: %w", info.StorePath, err)
 	}
 	if has {
-		return nil
+		return false, nil
 	}
 
 	reader, writer := io.Pipe()
@@ -113,12 +127,12 @@ func (w *Worker) upload(ctx context.Context, info protocol.PathInfo, nars protoc
 	dumpErr := <-dumped
 
 	if putErr != nil {
-		return fmt.Errorf("upload %q: %w", info.StorePath, putErr)
+		return false, fmt.Errorf("upload %q: %w", info.StorePath, putErr)
 	}
 	if dumpErr != nil {
-		return fmt.Errorf("upload %q: %w", info.StorePath, dumpErr)
+		return false, fmt.Errorf("upload %q: %w", info.StorePath, dumpErr)
 	}
-	return nil
+	return true, nil
 }
 
 // outputNames maps each output path that nix-store printed to its output
@@ -166,40 +180,59 @@ func floatingOutputName(drv nix.Derivation, path string) (string, bool) {
 	return "", false
 }
 
-// referencesFirst orders the outputs so that an output comes after the
-// other outputs it refers to, so a cache that checks references finds
-// them. Outputs that do not refer to each other stay in path order.
+// referencesFirst orders infos so that each path comes after the paths it
+// refers to. References outside infos and a path's reference to itself
+// are ignored. The paths are visited in the order of infos, so the same
+// infos give the same order. The store has no reference cycles between
+// distinct paths, so none is handled beyond visiting each path once.
 func referencesFirst(infos []nix.PathInfo) []nix.PathInfo {
-	var ordered []nix.PathInfo
-	placed := make(map[string]bool, len(infos))
-	remaining := slices.Clone(infos)
-	for len(remaining) > 0 {
-		progress := false
-		for i := 0; i < len(remaining); i++ {
-			info := remaining[i]
-			ready := true
-			for _, ref := range info.References {
-				if ref != info.StorePath && !placed[ref] && containsPath(remaining, ref) {
-					ready = false
-					break
-				}
-			}
-			if ready {
-				ordered = append(ordered, info)
-				placed[info.StorePath] = true
-				remaining = slices.Delete(remaining, i, i+1)
-				i--
-				progress = true
-			}
+	byPath := make(map[string]nix.PathInfo, len(infos))
+	for _, info := range infos {
+		byPath[info.StorePath] = info
+	}
+
+	// Iterative depth-first post-order, so that a long chain of
+	// references cannot exhaust the stack.
+	type frame struct {
+		info nix.PathInfo
+		next int
+	}
+	ordered := make([]nix.PathInfo, 0, len(infos))
+	visited := make(map[string]bool, len(infos))
+	for _, root := range infos {
+		if visited[root.StorePath] {
+			continue
 		}
-		if !progress {
-			// Outputs that refer to each other in a cycle keep their order.
-			return append(ordered, remaining...)
+		visited[root.StorePath] = true
+		stack := []frame{{info: root}}
+		for len(stack) > 0 {
+			top := &stack[len(stack)-1]
+			if top.next == len(top.info.References) {
+				ordered = append(ordered, top.info)
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			ref := top.info.References[top.next]
+			top.next++
+			info, ok := byPath[ref]
+			if !ok || visited[ref] {
+				continue
+			}
+			visited[ref] = true
+			stack = append(stack, frame{info: info})
 		}
 	}
 	return ordered
 }
 
-func containsPath(infos []nix.PathInfo, path string) bool {
-	return slices.ContainsFunc(infos, func(info nix.PathInfo) bool { return info.StorePath == path })
+// toProtocol converts nix's path info to the protocol's.
+func toProtocol(info nix.PathInfo) protocol.PathInfo {
+	return protocol.PathInfo{
+		StorePath:  info.StorePath,
+		NarHash:    info.NarHash,
+		NarSize:    info.NarSize,
+		References: info.References,
+		Deriver:    info.Deriver,
+		CA:         info.CA,
+	}
 }

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/gradient-ci/gradient/protocol"
 )
@@ -127,5 +131,204 @@ func TestBuildUploadRejected(t *testing.T) {
 	}
 	if protocol.IsBuildError(err) {
 		t.Errorf("Build() with a rejecting sink = %v, want no BuildError: the build succeeded", err)
+	}
+}
+
+// toolFlake has an output that embeds an input source and the output of
+// another derivation, so its runtime closure holds paths that are not its
+// own outputs.
+const toolFlake = `{
+  outputs = { self }:
+    let
+      dep = builtins.derivation {
+        name = "dep"; system = "x86_64-linux"; builder = "/bin/sh";
+        args = [ "-c" "echo dep > $out" ];
+      };
+    in
+    {
+      packages.x86_64-linux.tool = builtins.derivation {
+        name = "tool"; system = "x86_64-linux"; builder = "/bin/sh";
+        script = ./script.sh;
+        args = [ "-c" "echo \". $script # ${dep}\" > $out" ];
+      };
+    };
+}
+`
+
+// TestBuildUploadsRuntimeClosure checks that Build uploads the input
+// source and the dependency that its output refers to, each before the
+// output, and that nix copies the output with its closure from a binary
+// cache made of the uploaded NARs.
+func TestBuildUploadsRuntimeClosure(t *testing.T) {
+	requireNix(t)
+	dir := t.TempDir()
+	writeTestFile(t, filepath.Join(dir, "flake.nix"), toolFlake)
+	writeTestFile(t, filepath.Join(dir, "script.sh"), "echo hello from the script\n")
+
+	w := newTestWorker(t, chrootStore(t))
+	result, _ := evaluateAttrs(t, w, "path:"+dir, "packages.*.tool")
+	sink := &narSink{}
+	var log bytes.Buffer
+	built, err := w.Build(t.Context(), protocol.BuildRequest{DrvPath: result.EntryPoints[0].DrvPath}, &log, sink)
+	if err != nil {
+		t.Fatalf("Build(tool) = %v\nlog:\n%s", err, log.String())
+	}
+
+	out := built.Outputs["out"]
+	var refNames []string
+	for _, ref := range out.References {
+		refNames = append(refNames, storePathName(ref))
+	}
+	slices.Sort(refNames)
+	if want := []string{"dep", "script.sh"}; !slices.Equal(refNames, want) {
+		t.Fatalf("Build(tool) out references = %q, want %q", refNames, want)
+	}
+	var order []string
+	for _, p := range sink.order {
+		order = append(order, storePathName(p))
+	}
+	if len(order) != 3 || order[2] != "tool" {
+		t.Errorf("upload order = %q, want dep and script.sh, then tool", order)
+	}
+
+	cache := writeBinaryCache(t, sink)
+	other := chrootStore(t)
+	runNix(t, "--store", other, "--option", "substituters", "", "copy", "--no-check-sigs", "--from", "file://"+cache, out.StorePath)
+	got, err := os.ReadFile(filepath.Join(other, out.StorePath))
+	if err != nil {
+		t.Fatalf("read copied output: %v", err)
+	}
+	for _, ref := range out.References {
+		if !strings.Contains(string(got), ref) {
+			t.Errorf("copied output %q does not name %s", got, ref)
+		}
+		if _, err := os.Lstat(filepath.Join(other, ref)); err != nil {
+			t.Errorf("copied closure lacks %s: %v", ref, err)
+		}
+	}
+}
+
+// TestBuildSkipsHeldReferences checks that Build uploads neither the
+// paths that the sink holds nor, when it holds the output, anything else.
+func TestBuildSkipsHeldReferences(t *testing.T) {
+	requireNix(t)
+	dir := t.TempDir()
+	writeTestFile(t, filepath.Join(dir, "flake.nix"), toolFlake)
+	writeTestFile(t, filepath.Join(dir, "script.sh"), "echo hello from the script\n")
+
+	w := newTestWorker(t, chrootStore(t))
+	result, _ := evaluateAttrs(t, w, "path:"+dir, "packages.*.tool")
+	drvPath := result.EntryPoints[0].DrvPath
+	first := &narSink{}
+	built, err := w.Build(t.Context(), protocol.BuildRequest{DrvPath: drvPath}, io.Discard, first)
+	if err != nil {
+		t.Fatalf("Build(tool) = %v", err)
+	}
+
+	// A sink that holds the dependency gets the source and the output.
+	withDep := &narSink{}
+	for _, p := range first.order {
+		if storePathName(p) == "dep" {
+			withDep.nars = map[string][]byte{p: first.nars[p]}
+			withDep.infos = map[string]protocol.PathInfo{p: first.infos[p]}
+		}
+	}
+	if _, err := w.Build(t.Context(), protocol.BuildRequest{DrvPath: drvPath}, io.Discard, withDep); err != nil {
+		t.Fatalf("Build(tool) with dep held = %v", err)
+	}
+	var names []string
+	for _, p := range withDep.order {
+		names = append(names, storePathName(p))
+	}
+	if want := []string{"script.sh", "tool"}; !slices.Equal(names, want) {
+		t.Errorf("uploads with dep held = %q, want %q", names, want)
+	}
+
+	// A sink that holds everything gets nothing.
+	first.order = nil
+	if _, err := w.Build(t.Context(), protocol.BuildRequest{DrvPath: drvPath}, io.Discard, first); err != nil {
+		t.Fatalf("Build(tool) with all held = %v", err)
+	}
+	if len(first.order) != 0 {
+		t.Errorf("uploads with everything held = %q, want none", first.order)
+	}
+	if built.Outputs["out"].StorePath == "" {
+		t.Errorf("Build(tool).Outputs = %+v, want out", built.Outputs)
+	}
+}
+
+// TestBuildRemovesGCRoots checks that nix does not warn about a missing
+// --add-root and that no GC root is left after the upload.
+func TestBuildRemovesGCRoots(t *testing.T) {
+	requireNix(t)
+	rootDir := t.TempDir()
+	w, err := New(Config{StoreDir: chrootStore(t), GCRootDir: rootDir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result, _ := evaluateAttrs(t, w, "path:"+testFlake(t), "packages.*.multi")
+
+	var log bytes.Buffer
+	if _, err := w.Build(t.Context(), protocol.BuildRequest{DrvPath: result.EntryPoints[0].DrvPath}, &log, &narSink{}); err != nil {
+		t.Fatalf("Build(multi) = %v\nlog:\n%s", err, log.String())
+	}
+	if strings.Contains(log.String(), "--add-root") {
+		t.Errorf("Build(multi) log = %q, want no --add-root warning", log.String())
+	}
+	left, err := os.ReadDir(rootDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Errorf("GC root directory after Build(multi) holds %d entries, want none", len(left))
+	}
+}
+
+// writeBinaryCache writes the sink's NARs as an uncompressed file://
+// binary cache and returns its directory.
+func writeBinaryCache(t *testing.T, sink *narSink) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeTestFile(t, filepath.Join(dir, "nix-cache-info"), "StoreDir: /nix/store\n")
+	if err := os.Mkdir(filepath.Join(dir, "nar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for path, data := range sink.nars {
+		info := sink.infos[path]
+		hash := filepath.Base(path)[:32]
+		narHash, err := nixhash.ParseAny(info.NarHash, nil)
+		if err != nil {
+			t.Fatalf("parse NarHash of %s: %v", path, err)
+		}
+		var refs []string
+		for _, ref := range info.References {
+			refs = append(refs, filepath.Base(ref))
+		}
+		var narinfo strings.Builder
+		fmt.Fprintf(&narinfo, "StorePath: %s\nURL: nar/%s.nar\nCompression: none\n", path, hash)
+		fmt.Fprintf(&narinfo, "NarHash: %s\nNarSize: %d\n", narHash.Format(nixhash.NixBase32, true), info.NarSize)
+		fmt.Fprintf(&narinfo, "References: %s\n", strings.Join(refs, " "))
+		if info.Deriver != "" {
+			fmt.Fprintf(&narinfo, "Deriver: %s\n", filepath.Base(info.Deriver))
+		}
+		if info.CA != "" {
+			fmt.Fprintf(&narinfo, "CA: %s\n", info.CA)
+		}
+		writeTestFile(t, filepath.Join(dir, hash+".narinfo"), narinfo.String())
+		writeTestFile(t, filepath.Join(dir, "nar", hash+".nar"), string(data))
+	}
+	return dir
+}
+
+// storePathName returns the name part of a store path, after the hash.
+func storePathName(path string) string {
+	_, name, _ := strings.Cut(filepath.Base(path), "-")
+	return name
+}
+
+func writeTestFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -33,6 +33,19 @@ func (w *Worker) UploadClosure(ctx context.Context, paths []string, nars protoco
 	if err != nil {
 		return fmt.Errorf("upload closure: %w", err)
 	}
+	if _, err := w.uploadAll(ctx, infos, nars, drvNARs); err != nil {
+		return fmt.Errorf("upload closure: %w", err)
+	}
+	return nil
+}
+
+// uploadAll uploads the paths of infos in their order that nars does not
+// hold, and returns how many it uploaded. The caller orders infos
+// references first. A sink with a Missing method, such as the protocol's
+// remote sink, is asked about all paths at once, and any other sink path
+// by path. The NAR of a path in drvNARs is taken from there instead of
+// from nix.
+func (w *Worker) uploadAll(ctx context.Context, infos []nix.PathInfo, nars protocol.NARSink, drvNARs map[string][]byte) (int, error) {
 	if lister, ok := nars.(interface {
 		Missing(ctx context.Context, storePaths []string) ([]string, error)
 	}); ok {
@@ -42,35 +55,34 @@ func (w *Worker) UploadClosure(ctx context.Context, paths []string, nars protoco
 		}
 		missing, err := lister.Missing(ctx, all)
 		if err != nil {
-			return fmt.Errorf("upload closure: %w", err)
+			return 0, err
 		}
 		isMissing := make(map[string]bool, len(missing))
 		for _, p := range missing {
 			isMissing[p] = true
 		}
-		infos = slices.DeleteFunc(infos, func(info nix.PathInfo) bool { return !isMissing[info.StorePath] })
+		infos = slices.DeleteFunc(slices.Clone(infos), func(info nix.PathInfo) bool { return !isMissing[info.StorePath] })
 	}
 
+	uploaded := 0
 	for _, info := range infos {
-		pi := protocol.PathInfo{
-			StorePath:  info.StorePath,
-			NarHash:    info.NarHash,
-			NarSize:    info.NarSize,
-			References: info.References,
-			Deriver:    info.Deriver,
-			CA:         info.CA,
-		}
+		pi := toProtocol(info)
 		if nar, ok := drvNARs[pi.StorePath]; ok {
 			if err := nars.PutNAR(ctx, pi, bytes.NewReader(nar)); err != nil {
-				return fmt.Errorf("upload %q: %w", pi.StorePath, err)
+				return uploaded, fmt.Errorf("upload %q: %w", pi.StorePath, err)
 			}
+			uploaded++
 			continue
 		}
-		if err := w.upload(ctx, pi, nars); err != nil {
-			return err
+		sent, err := w.upload(ctx, pi, nars)
+		if err != nil {
+			return uploaded, err
+		}
+		if sent {
+			uploaded++
 		}
 	}
-	return nil
+	return uploaded, nil
 }
 
 // closureInfos returns the path info of paths and of every path they refer
@@ -99,25 +111,11 @@ func (w *Worker) closureInfos(ctx context.Context, paths []string, drvNARs map[s
 		next = slices.Sorted(maps.Keys(more))
 	}
 
-	// Depth-first post-order puts every path after its references.
-	var order []nix.PathInfo
-	visited := make(map[string]bool, len(known))
-	var visit func(p string)
-	visit = func(p string) {
-		info, ok := known[p]
-		if !ok || visited[p] {
-			return
-		}
-		visited[p] = true
-		for _, ref := range info.References {
-			visit(ref)
-		}
-		order = append(order, info)
-	}
+	infos := make([]nix.PathInfo, 0, len(known))
 	for _, p := range slices.Sorted(maps.Keys(known)) {
-		visit(p)
+		infos = append(infos, known[p])
 	}
-	return order, nil
+	return referencesFirst(infos), nil
 }
 
 // HavePaths returns the paths of the list that exist in the worker's

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 
 	"github.com/gradient-ci/gradient/internal/nix"
 	"github.com/gradient-ci/gradient/protocol"
@@ -56,15 +57,21 @@ type Config struct {
 	// MaxJobs bounds the evaluations and builds that run at once.
 	// Default 1.
 	MaxJobs int
+
+	// GCRootDir holds a directory per build with the GC roots of its
+	// outputs, from the realise until the upload ends. Default the
+	// system's temporary directory. It must be absolute.
+	GCRootDir string
 }
 
 // Worker runs jobs with nix. It implements protocol.Worker and is safe for
 // concurrent use: at most Config.MaxJobs jobs run at once and the others
 // wait for a slot or for their context to end.
 type Worker struct {
-	nix    *nix.Client
-	logger *slog.Logger
-	slots  chan struct{}
+	nix       *nix.Client
+	logger    *slog.Logger
+	slots     chan struct{}
+	gcRootDir string
 }
 
 var _ protocol.Worker = (*Worker)(nil)
@@ -83,6 +90,12 @@ func New(cfg Config, logger *slog.Logger) (*Worker, error) {
 	}
 	if cfg.MaxJobs < 0 {
 		return nil, fmt.Errorf("worker config: MaxJobs is %d: use 1 or more", cfg.MaxJobs)
+	}
+	if cfg.GCRootDir == "" {
+		cfg.GCRootDir = os.TempDir()
+	}
+	if !filepath.IsAbs(cfg.GCRootDir) {
+		return nil, fmt.Errorf("worker config: GCRootDir %q is relative: use an absolute path", cfg.GCRootDir)
 	}
 	if cfg.SandboxPaths == nil {
 		if _, err := os.Stat(defaultSandboxShell); err == nil {
@@ -105,9 +118,10 @@ func New(cfg Config, logger *slog.Logger) (*Worker, error) {
 	}
 
 	return &Worker{
-		nix:    client,
-		logger: logger.With("component", "worker"),
-		slots:  make(chan struct{}, cfg.MaxJobs),
+		nix:       client,
+		logger:    logger.With("component", "worker"),
+		slots:     make(chan struct{}, cfg.MaxJobs),
+		gcRootDir: cfg.GCRootDir,
 	}, nil
 }
 

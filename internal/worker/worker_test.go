@@ -67,11 +67,20 @@ func newTestWorker(t *testing.T, store string) *Worker {
 	return w
 }
 
+// errMissingReference is wrapped by narSink.PutNAR for a path whose
+// references the sink does not hold, as the node's cache rejects it.
+var errMissingReference = errors.New("reference is not in the sink")
+
 // narSink is a protocol.NARSink that keeps NARs in memory and checks them
-// against the path info, as a real cache does.
+// against the path info, as a real cache does: the NAR must match NarHash
+// and NarSize, and every reference other than the path itself must be
+// stored first.
 type narSink struct {
-	mu   sync.Mutex
-	nars map[string][]byte
+	mu    sync.Mutex
+	nars  map[string][]byte
+	infos map[string]protocol.PathInfo
+	// order lists the stored paths in upload order.
+	order []string
 }
 
 func (s *narSink) HasPath(ctx context.Context, storePath string) (bool, error) {
@@ -95,10 +104,18 @@ func (s *narSink) PutNAR(ctx context.Context, info protocol.PathInfo, nar io.Rea
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, ref := range info.References {
+		if _, ok := s.nars[ref]; !ok && ref != info.StorePath {
+			return fmt.Errorf("put %s: %w: %s", info.StorePath, errMissingReference, ref)
+		}
+	}
 	if s.nars == nil {
 		s.nars = make(map[string][]byte)
+		s.infos = make(map[string]protocol.PathInfo)
 	}
 	s.nars[info.StorePath] = data
+	s.infos[info.StorePath] = info
+	s.order = append(s.order, info.StorePath)
 	return nil
 }
 
