@@ -19,11 +19,12 @@ import (
 	"github.com/gradient-ci/gradient/cache/narinfo"
 )
 
-// The files in testdata/nar were written by nix-store --dump of nix 2.8:
+// The files in testdata/nar were written by nix-store --dump of nix 2.8.
 // tree.nar is a directory with nested directories, an executable, an
-// empty file, an empty directory, symlinks and the names "a", "a-b" and
-// "a.b", which sort before "a"'s entries would if whole paths were
-// compared. The others are a single executable, symlink and empty file.
+// empty file, an empty directory and symlinks. Its entries "a", "a-b"
+// and "a.b" put the files inside "a" before "a-b", although "/a-b" sorts
+// before "/a/z" as a whole path. The other files are a single
+// executable, symlink and empty file.
 
 // narTestdata returns the NARs that nix wrote, by file name, together
 // with the NARs of the nix copy testdata.

@@ -29,13 +29,13 @@ func (s *Store) lockPath(hashPart string) (unlock func()) {
 	return mu.Unlock
 }
 
-// checkNewPath checks that ni may be stored. It returns errPathStored
-// when the cache holds ni's store path with the same NarHash and NarSize,
-// an error wrapping ErrConflict when it holds the path with another
-// NarHash, one wrapping ErrHashMismatch when only NarSize differs, and
-// one wrapping ErrMissingReference when a reference other than the path
-// itself is not in the cache. To make the answer hold until the write,
-// the caller holds lockPath of ni's hash part and gcMu for reading.
+// checkNewPath checks that ni may be stored. When the cache holds ni's
+// store path with the same NarHash and NarSize it returns errPathStored.
+// Otherwise errors wrap ErrConflict for another NarHash, ErrHashMismatch
+// when only NarSize differs, and ErrMissingReference when a reference
+// other than the path itself is not in the cache. The caller holds
+// lockPath of ni's hash part and gcMu for reading, so that the answer
+// holds until it writes.
 func (s *Store) checkNewPath(ctx context.Context, ni *narinfo.NarInfo) error {
 	stored, err := s.NarInfo(ctx, narinfo.HashPart(ni.StorePath))
 

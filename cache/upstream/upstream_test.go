@@ -132,10 +132,10 @@ func TestAcceptRejects(t *testing.T) {
 	}
 }
 
-// FuzzAcceptNarInfo checks that whatever narinfo the upstream checks
-// accept names the requested path in the store directory, points at a
-// NAR on the upstream's host, and is either proven by its CA field or
-// signed by the trusted key over its fingerprint.
+// FuzzAcceptNarInfo checks what the upstream checks accept. Such a
+// narinfo names the requested path in the store directory and points at
+// a NAR on the upstream's host. Its CA field proves it, or the trusted
+// key signed its fingerprint.
 func FuzzAcceptNarInfo(f *testing.F) {
 	for name, body := range testdataNarInfos(f) {
 		hashPart, _, _ := strings.Cut(name, "/")
