@@ -200,11 +200,12 @@ func (u *Upstream) check(info *narinfo.NarInfo, hashPart string) error {
 		return fmt.Errorf("field StorePath: %q does not have the requested hash part %s", info.StorePath, hashPart)
 	}
 
-	// NOTE: only a fixed:r:sha256 CA binds NarHash. For text, flat fixed
-	// and other recursive CAs the downloaded NAR is checked against the
-	// unsigned NarHash but not against the CA hash, and the cache then
-	// signs the narinfo.
-	if info.CA != "" && narinfo.CheckContentAddress(info) == nil {
+	// An unsigned narinfo is trusted only when its content address binds
+	// the NAR: a fixed:r:sha256 CA is the NarHash itself, so the NarHash
+	// check after the download proves the content. Text and flat fixed
+	// CAs hash something other than the NAR, which is not checked, so
+	// such paths need a trusted signature like input-addressed ones.
+	if strings.HasPrefix(info.CA, "fixed:r:sha256:") && narinfo.CheckContentAddress(info) == nil {
 		return nil
 	}
 

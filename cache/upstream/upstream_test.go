@@ -120,6 +120,12 @@ func TestAcceptRejects(t *testing.T) {
 		{name: "other store dir", body: strings.ReplaceAll(dep, "/nix/store/", "/gnu/store/"), hashPart: depHash, want: "store directory"},
 		{name: "NAR on another host", body: strings.Replace(dep, "URL: nar/", "URL: http://127.0.0.2/nar/", 1), hashPart: depHash, want: "points away"},
 		{name: "unsigned with a CA that gives another path", body: unsigned + "CA: fixed:r:sha256:00kjynz8n03652qccs76ivsvark3pr3dfr6w1ba3x7bx83kcknvv\n", hashPart: depHash, want: "signature"},
+		// A text CA hashes the file, not the NAR, so nothing would check
+		// this made-up NarHash against the content: a signature is needed.
+		{name: "unsigned text CA", body: "StorePath: /nix/store/ybf7by4xvcgjhwilsg87rqz9di79bify-greeting\n" +
+			"URL: nar/1hj1yci6nfbqqgzvd7l08gl5rkjdr5sbshbs1y6pd62jpzcscc8b.nar\nCompression: none\n" +
+			"NarHash: sha256:1hj1yci6nfbqqgzvd7l08gl5rkjdr5sbshbs1y6pd62jpzcscc8b\nNarSize: 120\nReferences: \n" +
+			"CA: text:sha256:00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq\n", hashPart: "ybf7by4xvcgjhwilsg87rqz9di79bify", want: "signature"},
 	}
 
 	for _, tt := range tests {
