@@ -73,4 +73,3 @@ func TestDeclinedJobError(t *testing.T) {
 		t.Errorf("first Build = %v, want success", err)
 	}
 }
-

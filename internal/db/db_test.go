@@ -189,3 +189,29 @@ func TestIDsContinueAfterReopen(t *testing.T) {
 		t.Errorf("first build ID after reopening = %d, want 4", bs[0].ID)
 	}
 }
+
+func TestBuildTimeEstimatesRoundTrip(t *testing.T) {
+	d := openTest(t)
+	if es, err := d.BuildTimeEstimates(); err != nil || len(es) != 0 {
+		t.Fatalf("BuildTimeEstimates() on a new database = %v, %v, want none", es, err)
+	}
+	want := []BuildTimeEstimate{
+		{PName: "hello", System: "x86_64-linux", BuildTime: 90 * time.Second, Samples: 3},
+		{PName: "gcc", System: "aarch64-linux", BuildTime: time.Hour, Samples: 1},
+	}
+	if err := d.PutBuildTimeEstimates(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.BuildTimeEstimates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("BuildTimeEstimates() = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("BuildTimeEstimates()[%d] = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}

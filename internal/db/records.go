@@ -58,6 +58,10 @@ type Evaluation struct {
 	// Error is the reason the whole evaluation failed, such as a flake
 	// that cannot be fetched. Errors of single attributes are in Results.
 	Error string `json:"error,omitempty"`
+	// Waiting says why a queued evaluation does not start, such as no
+	// connected worker that evaluates, and what to do about it. Empty
+	// once it starts.
+	Waiting string `json:"waiting,omitempty"`
 	// Flake is the source as nix locked it, set once evaluation starts.
 	Flake protocol.LockedFlake `json:"locked_flake"`
 	// Results has one element per matching attribute.
@@ -122,9 +126,50 @@ type Build struct {
 	// Error is nix's message for a failed build.
 	Error string `json:"error,omitempty"`
 	// FailedDependency is the .drv whose failure stopped this build.
-	FailedDependency string     `json:"failed_dependency,omitempty"`
-	WorkerID         string     `json:"worker_id,omitempty"`
-	CreatedAt        time.Time  `json:"created_at"`
-	StartedAt        *time.Time `json:"started_at,omitempty"`
-	FinishedAt       *time.Time `json:"finished_at,omitempty"`
+	FailedDependency string `json:"failed_dependency,omitempty"`
+	// WorkerID is the worker that runs or ran the build, set when the
+	// build starts.
+	WorkerID string `json:"worker_id,omitempty"`
+	// Placement is the scheduler's reason for the build's last job, set
+	// when the job is assigned. Nil for a build that never had a job.
+	Placement *Placement `json:"placement,omitempty"`
+	// OutputSize is the NAR size of all outputs in bytes: the sizes the
+	// worker reported for a build that succeeded, those of the cache's
+	// narinfos for a cached one, 0 when unknown.
+	OutputSize uint64     `json:"output_size,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+}
+
+// Placement records why the scheduler gave a job to a worker: the
+// scheduler's Score of the job on that worker.
+type Placement struct {
+	// JobID is the scheduler's job. The links of a chain share one job.
+	JobID    string `json:"job_id"`
+	WorkerID string `json:"worker_id"`
+	// Links is the number of derivations of the job.
+	Links int `json:"links"`
+	// FetchBytes is the NAR size of the job's inputs that the worker's
+	// store lacked, as far as the scheduler knew.
+	FetchBytes uint64 `json:"fetch_bytes"`
+	// FetchSeconds is FetchBytes at the scheduler's fetch bandwidth.
+	FetchSeconds float64 `json:"fetch_seconds"`
+	// BuildSeconds is the estimated build time on the worker.
+	BuildSeconds float64 `json:"build_seconds"`
+	// Speed is the worker's speed relative to a reference machine.
+	Speed float64 `json:"speed"`
+	// Total is FetchSeconds plus BuildSeconds; lower is better.
+	Total float64 `json:"total"`
+	// Urgent is set when the job was near the critical path, so it was
+	// placed in priority order rather than for the locality of its inputs.
+	Urgent bool `json:"urgent"`
+	// Candidates counts the workers that had a free slot and could run
+	// the job, the chosen one included.
+	Candidates int `json:"candidates"`
+	// RunnerUp is the candidate with the next best Total, empty when
+	// there was one candidate.
+	RunnerUp      string    `json:"runner_up,omitempty"`
+	RunnerUpTotal float64   `json:"runner_up_total,omitempty"`
+	AssignedAt    time.Time `json:"assigned_at"`
 }
