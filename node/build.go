@@ -4,44 +4,64 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
+	"time"
 
 	"github.com/gradient-ci/gradient/internal/db"
 	"github.com/gradient-ci/gradient/protocol"
 	"github.com/gradient-ci/gradient/scheduler"
 )
 
-// apply carries out scheduler decisions. Called on the Run goroutine.
+// apply carries out scheduler decisions, then ends the evaluations whose
+// builds the node failed, see endFailedByNode. Called on the Run goroutine.
 func (d *driver) apply(ctx context.Context, decisions []scheduler.Decision) {
 	for _, dec := range decisions {
-		switch dec := dec.(type) {
-		case scheduler.Assign:
-			d.startJob(ctx, dec)
-		case scheduler.Cancel:
-			if cancel, ok := d.jobs[dec.JobID]; ok {
-				cancel()
-			}
-		case scheduler.DependencyFailed:
-			d.updateBuilds(dec.DrvPath, func(b *db.Build) {
-				b.Status = db.BuildDependencyFailed
-				b.FailedDependency = dec.FailedDep
-				now := d.now().UTC()
-				b.FinishedAt = &now
-			})
-		case scheduler.Waiting:
-			d.log.Debug("derivation waiting", "drv_path", dec.DrvPath, "reason", dec.Reason)
-		case scheduler.EvaluationDone:
-			id, err := strconv.ParseUint(dec.EvalID, 10, 64)
-			if err != nil {
-				d.log.Error("scheduler finished an unknown evaluation", "evaluation_id", dec.EvalID)
-				continue
-			}
-			if ae, ok := d.active[id]; ok {
-				d.finishEvaluation(id, ae)
-			}
-		default:
-			d.log.Error("unknown scheduler decision", "decision", fmt.Sprintf("%T", dec))
+		d.carryOut(ctx, dec)
+	}
+	if d.settling {
+		return
+	}
+	d.settling = true
+	defer func() { d.settling = false }()
+	if d.cfg.UnsupportedTimeout < 0 {
+		d.expireUnsupported(ctx)
+	}
+	d.endFailedByNode(ctx)
+}
+
+// carryOut carries out one scheduler decision.
+func (d *driver) carryOut(ctx context.Context, dec scheduler.Decision) {
+	switch dec := dec.(type) {
+	case scheduler.Assign:
+		d.startJob(ctx, dec)
+	case scheduler.Cancel:
+		if cancel, ok := d.jobs[dec.JobID]; ok {
+			cancel()
 		}
+	case scheduler.DependencyFailed:
+		d.updateBuilds(dec.DrvPath, func(b *db.Build) {
+			b.Status = db.BuildDependencyFailed
+			b.FailedDependency = dec.FailedDep
+			now := d.now().UTC()
+			b.FinishedAt = &now
+		})
+	case scheduler.Waiting:
+		d.log.Debug("derivation waiting", "drv_path", dec.DrvPath, "reason", dec.Reason)
+		if dec.Reason == scheduler.NoWorker {
+			d.noteNoWorker(dec.DrvPath)
+		}
+	case scheduler.EvaluationDone:
+		id, err := strconv.ParseUint(dec.EvalID, 10, 64)
+		if err != nil {
+			d.log.Error("scheduler finished an unknown evaluation", "evaluation_id", dec.EvalID)
+			return
+		}
+		if ae, ok := d.active[id]; ok {
+			d.finishEvaluation(id, ae)
+		}
+	default:
+		d.log.Error("unknown scheduler decision", "decision", fmt.Sprintf("%T", dec))
 	}
 }
 
@@ -61,21 +81,48 @@ func (d *driver) updateBuilds(drvPath string, fn func(b *db.Build)) {
 	}
 }
 
-// startJob marks the job's builds as building and runs them on the worker
-// in the background.
+// startJob records the job's placement with its builds and runs them on
+// the worker in the background. Each build is marked building when it
+// starts, so the later links of a chain stay queued until then. A job
+// whose first derivation the node failed already, because no worker could
+// build it in time, is reported failed to the scheduler without running.
 func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
 	w, ok := d.workers[a.WorkerID]
 	if !ok {
 		d.log.Error("scheduler assigned a job to an unknown worker", "job_id", a.JobID, "worker_id", a.WorkerID)
 		return
 	}
-	now := d.now().UTC()
+	if msg := d.failedByNode(a.DrvPaths[0]); msg != "" {
+		d.log.Info("job not run: its derivation failed already", "job_id", a.JobID, "drv_path", a.DrvPaths[0])
+		decisions, err := d.sched.DerivationFailed(a.JobID, a.DrvPaths[0], msg, d.now())
+		if err != nil {
+			d.log.Error("scheduler rejected build failure", "job_id", a.JobID, "drv_path", a.DrvPaths[0], "err", err)
+		}
+		more, err := d.sched.JobFinished(a.JobID, d.now())
+		if err != nil {
+			d.log.Error("scheduler rejected job end", "job_id", a.JobID, "err", err)
+		}
+		d.apply(ctx, append(decisions, more...))
+		return
+	}
+
+	placement := &db.Placement{
+		JobID:         a.JobID,
+		WorkerID:      a.WorkerID,
+		Links:         len(a.DrvPaths),
+		FetchBytes:    a.Score.FetchBytes,
+		FetchSeconds:  a.Score.FetchSeconds,
+		BuildSeconds:  a.Score.BuildSeconds,
+		Speed:         a.Score.Speed,
+		Total:         a.Score.Total,
+		Urgent:        a.Score.Urgent,
+		Candidates:    a.Score.Candidates,
+		RunnerUp:      a.Score.RunnerUp,
+		RunnerUpTotal: a.Score.RunnerUpTotal,
+		AssignedAt:    d.now().UTC(),
+	}
 	for _, drv := range a.DrvPaths {
-		d.updateBuilds(drv, func(b *db.Build) {
-			b.Status = db.BuildBuilding
-			b.WorkerID = a.WorkerID
-			b.StartedAt = &now
-		})
+		d.updateBuilds(drv, func(b *db.Build) { b.Placement = placement })
 	}
 	d.log.Info("job assigned", "job_id", a.JobID, "worker_id", a.WorkerID, "derivations", len(a.DrvPaths),
 		"drv_path", a.DrvPaths[0], "fetch_bytes", a.Score.FetchBytes, "candidates", a.Score.Candidates)
@@ -88,18 +135,39 @@ func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
 	})
 }
 
+// buildStarted marks a derivation's builds as building on a worker.
+// Called on the Run goroutine.
+func (d *driver) buildStarted(jobID, workerID, drvPath string, first bool) {
+	now := d.now()
+	if first {
+		if err := d.sched.JobStarted(jobID, now); err != nil {
+			d.log.Debug("job started after the scheduler released it", "job_id", jobID, "err", err)
+		}
+	}
+	started := now.UTC()
+	d.updateBuilds(drvPath, func(b *db.Build) {
+		b.Status = db.BuildBuilding
+		b.WorkerID = workerID
+		b.StartedAt = &started
+		b.FinishedAt = nil
+	})
+}
+
 // runJob builds the job's derivations in order and reports each result,
 // then the end of the job, to the Run goroutine. It stops at the first
 // failure: the derivations after it depend on it. Only a *BuildError, a
 // builder that nix ran and that failed, fails a derivation. A worker that
 // disconnected reports nothing: the hub's Left makes the scheduler queue
-// the job again. Another fault of the worker ends the job, which costs the
-// derivation an attempt. When jobCtx ends because the node shuts down,
-// nothing is reported and the builds stay unfinished for the next start.
+// the job again. A worker that declines a build is offered it again after
+// a delay, because the scheduler counts the job's slot as taken. Another
+// fault of the worker ends the job, which costs the derivation an attempt.
+// When jobCtx ends because the node shuts down, nothing is reported and
+// the builds stay unfinished for the next start.
 func (d *driver) runJob(jobCtx, nodeCtx context.Context, w protocol.Worker, a scheduler.Assign) {
 	log := d.log.With("job_id", a.JobID, "worker_id", a.WorkerID)
-	for _, drv := range a.DrvPaths {
-		res, err := d.buildOne(jobCtx, w, drv)
+	for i, drv := range a.DrvPaths {
+		_ = d.post(nodeCtx, func(context.Context) { d.buildStarted(a.JobID, a.WorkerID, drv, i == 0) })
+		res, err := d.buildRetryingDeclines(jobCtx, log, w, a.WorkerID, drv)
 		if nodeCtx.Err() != nil {
 			return
 		}
@@ -143,18 +211,53 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, w protocol.Worker, a sc
 	})
 }
 
+// buildRetryingDeclines builds one derivation on w, offering the build
+// again after a growing delay each time the worker declines it.
+func (d *driver) buildRetryingDeclines(ctx context.Context, log *slog.Logger, w protocol.Worker, workerID, drvPath string) (protocol.BuildResult, error) {
+	delay := d.cfg.RetryDelay
+	for attempt := 1; ; attempt++ {
+		res, err := d.buildOne(ctx, w, workerID, drvPath, attempt)
+		if !errors.Is(err, protocol.ErrJobDeclined) {
+			return res, err
+		}
+		// NOTE: declines are retried for as long as the worker stays
+		// connected. A worker declines only while its own count of busy
+		// slots disagrees with the scheduler's, which ends when its
+		// running jobs end.
+		log.Info("worker declined the build; offering it again", "drv_path", drvPath, "attempt", attempt, "delay", delay, "err", err)
+		if err := sleepContext(ctx, delay); err != nil {
+			return protocol.BuildResult{}, err
+		}
+		delay = min(2*delay, maxRetryDelay)
+	}
+}
+
+// sleepContext waits for d or until ctx ends, and returns ctx's error in
+// the latter case.
+func sleepContext(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // workerFinishedBuild counts a finished build in the worker's record.
 func (d *driver) workerFinishedBuild(workerID string) {
 	d.updateWorkerRecord(workerID, func(r *db.Worker) { r.Builds++ })
 }
 
-// buildOne builds one derivation, writing its log to the log store. A
-// fault of the worker, as opposed to a failing builder, is written to the
-// log too, so the log of every failed build contains the reason.
-func (d *driver) buildOne(ctx context.Context, w protocol.Worker, drvPath string) (protocol.BuildResult, error) {
-	f, err := d.logs.Create(drvPath)
+// buildOne builds one derivation, appending its log to the log store
+// after a line that names the attempt. A fault of the worker, as opposed
+// to a failing builder, is written to the log too, so the log of every
+// failed build contains the reason.
+func (d *driver) buildOne(ctx context.Context, w protocol.Worker, workerID, drvPath string, attempt int) (protocol.BuildResult, error) {
+	f, err := d.logs.Open(drvPath, d.now(), workerID)
 	if err != nil {
-		return protocol.BuildResult{}, fmt.Errorf("create build log: %w", err)
+		return protocol.BuildResult{}, fmt.Errorf("open build log: %w", err)
 	}
 	defer f.Close()
 
@@ -167,9 +270,14 @@ func (d *driver) buildOne(ctx context.Context, w protocol.Worker, drvPath string
 
 func (d *driver) derivationBuilt(ctx context.Context, jobID, drvPath string, res protocol.BuildResult) {
 	now := d.now().UTC()
+	var size uint64
+	for _, info := range res.Outputs {
+		size += info.NarSize
+	}
 	d.updateBuilds(drvPath, func(b *db.Build) {
 		b.Status = db.BuildSucceeded
 		b.FinishedAt = &now
+		b.OutputSize = size
 		for name, info := range res.Outputs {
 			if b.Outputs == nil {
 				b.Outputs = map[string]string{}
@@ -182,7 +290,7 @@ func (d *driver) derivationBuilt(ctx context.Context, jobID, drvPath string, res
 		// The worker left after it sent the result, and the scheduler
 		// queued the derivation again. The outputs are in the cache, so
 		// the late result counts, once: a later one finds it built.
-		d.log.Info("late build result accepted", "job_id", jobID, "drv_path", drvPath)
+		d.log.Debug("late build result accepted", "job_id", jobID, "drv_path", drvPath)
 		decisions, err = d.sched.PeerBuilt(drvPath, d.now()), nil
 	}
 	if err != nil {
@@ -192,15 +300,22 @@ func (d *driver) derivationBuilt(ctx context.Context, jobID, drvPath string, res
 }
 
 func (d *driver) derivationFailed(ctx context.Context, jobID, drvPath, msg string) {
+	decisions, err := d.sched.DerivationFailed(jobID, drvPath, msg, d.now())
+	if errors.Is(err, scheduler.ErrUnknownJob) {
+		// The worker left after it sent the failure, and the scheduler
+		// queued the derivation again, so the build record waits for
+		// that build.
+		d.log.Debug("late build failure ignored: the derivation is queued again", "job_id", jobID, "drv_path", drvPath)
+		return
+	}
+	if err != nil {
+		d.log.Error("scheduler rejected build failure", "job_id", jobID, "drv_path", drvPath, "err", err)
+	}
 	now := d.now().UTC()
 	d.updateBuilds(drvPath, func(b *db.Build) {
 		b.Status = db.BuildFailed
 		b.Error = msg
 		b.FinishedAt = &now
 	})
-	decisions, err := d.sched.DerivationFailed(jobID, drvPath, msg, d.now())
-	if err != nil {
-		d.log.Error("scheduler rejected build failure", "job_id", jobID, "drv_path", drvPath, "err", err)
-	}
 	d.apply(ctx, decisions)
 }

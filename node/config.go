@@ -50,12 +50,24 @@ type Config struct {
 	// Default 1.
 	MaxConcurrentEvaluations int
 
+	// UnsupportedTimeout is how long a build waits for a connected worker
+	// with its system and required features. Then it fails, its
+	// dependents are marked dependency failed, and its evaluation can
+	// finish. A worker that connects in time clears the wait. Zero means
+	// DefaultUnsupportedTimeout (5 min); FailUnsupportedAtOnce fails such
+	// builds as soon as they are ready.
+	UnsupportedTimeout time.Duration
+
 	// ShutdownTimeout bounds how long Run waits for HTTP requests to end
 	// after its context is cancelled. Default 10 s.
 	ShutdownTimeout time.Duration
 
 	Logger *slog.Logger
 }
+
+// FailUnsupportedAtOnce is the Config.UnsupportedTimeout that fails a build
+// no connected worker can run as soon as its inputs are built.
+const FailUnsupportedAtOnce time.Duration = -1
 
 // withDefaults returns a copy of c with defaults filled in.
 func (c Config) withDefaults() Config {
@@ -78,6 +90,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxConcurrentEvaluations == 0 {
 		c.MaxConcurrentEvaluations = 1
 	}
+	if c.UnsupportedTimeout == 0 {
+		c.UnsupportedTimeout = DefaultUnsupportedTimeout
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
@@ -99,6 +114,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxConcurrentEvaluations < 1 || c.MaxConcurrentEvaluations > 64 {
 		errs = append(errs, fmt.Errorf("max concurrent evaluations %d is out of range: give 1 to 64", c.MaxConcurrentEvaluations))
+	}
+	if c.UnsupportedTimeout < 0 && c.UnsupportedTimeout != FailUnsupportedAtOnce {
+		errs = append(errs, fmt.Errorf("unsupported timeout %v is negative: give a duration, or FailUnsupportedAtOnce", c.UnsupportedTimeout))
 	}
 	if c.WorkerStore != "" && !filepath.IsAbs(c.WorkerStore) {
 		errs = append(errs, fmt.Errorf("worker store %q is not an absolute path", c.WorkerStore))

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -11,6 +12,31 @@ import (
 	"github.com/gradient-ci/gradient/protocol"
 	"github.com/gradient-ci/gradient/scheduler"
 )
+
+// driverConfig configures a driver. Zero fields get the defaults that
+// newDriver documents.
+type driverConfig struct {
+	// MaxEvaluations bounds evaluations that run at once. Default 1.
+	MaxEvaluations int
+	// UnsupportedTimeout is how long a derivation may wait for a worker
+	// with its system and features before it fails. Negative fails it at
+	// once; zero means DefaultUnsupportedTimeout.
+	UnsupportedTimeout time.Duration
+	// NoEvalWorkerReason says why no worker evaluates when none is
+	// connected, for the evaluation record and the log.
+	NoEvalWorkerReason string
+	// RetryDelay is the first delay before a declined job is offered
+	// again; it doubles up to maxRetryDelay. Default 1 s.
+	RetryDelay time.Duration
+	// HistoryInterval is how often the scheduler's build time estimates
+	// are stored. Default 1 min.
+	HistoryInterval time.Duration
+	// Now returns the current time. Default time.Now.
+	Now func() time.Time
+}
+
+// maxRetryDelay bounds the delay before a declined job is offered again.
+const maxRetryDelay = 30 * time.Second
 
 // driver owns the scheduler and every evaluation and build in progress.
 // One goroutine, Run, makes every scheduler call and every build record
@@ -21,6 +47,7 @@ type driver struct {
 	db    *db.DB
 	cache *cache.Store
 	logs  *logStore
+	cfg   driverConfig
 	now   func() time.Time
 
 	// evalSlots bounds evaluations that run at once.
@@ -40,6 +67,14 @@ type driver struct {
 	// of each derivation, for the build record if the scheduler gives up
 	// on it after too many attempts.
 	faults map[string]string
+	// unsupported maps each derivation that waits for a worker with its
+	// system and features to when the wait started.
+	unsupported map[string]time.Time
+	// historySaved is when the build time estimates were last stored.
+	historySaved time.Time
+	// settling is set while apply ends evaluations, so that the apply
+	// calls it makes do not start over.
+	settling bool
 }
 
 // activeEval is an evaluation whose graph the scheduler holds.
@@ -47,28 +82,60 @@ type activeEval struct {
 	eval db.Evaluation
 	// builds maps each .drv store path of the graph to its build record.
 	builds map[string]*db.Build
+	// failedByNode is set when the node failed builds that the scheduler
+	// still holds, such as those no worker can run. The scheduler then
+	// never reports the evaluation done, so the node ends it.
+	failedByNode bool
 }
 
-func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, maxEvals int) (*driver, error) {
-	sched, err := scheduler.New(scheduler.Config{})
+// newDriver returns a driver with an empty scheduler whose job IDs start
+// with a prefix unique to this start of the node, and with the build time
+// estimates stored by earlier starts.
+func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, cfg driverConfig) (*driver, error) {
+	if cfg.MaxEvaluations == 0 {
+		cfg.MaxEvaluations = 1
+	}
+	if cfg.UnsupportedTimeout == 0 {
+		cfg.UnsupportedTimeout = DefaultUnsupportedTimeout
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = time.Second
+	}
+	if cfg.HistoryInterval <= 0 {
+		cfg.HistoryInterval = time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+
+	// Job IDs end up in build records, so each start of the node needs
+	// IDs of its own.
+	prefix := "job-" + strconv.FormatInt(cfg.Now().UnixMilli(), 36) + "-"
+	sched, err := scheduler.New(scheduler.Config{JobIDPrefix: prefix})
 	if err != nil {
 		return nil, err
 	}
-	return &driver{
-		log:       log.With("component", "driver"),
-		db:        d,
-		cache:     c,
-		logs:      logs,
-		now:       time.Now,
-		evalSlots: make(chan struct{}, maxEvals),
-		events:    make(chan func(context.Context), 64),
-		evalPool:  newWorkerPool(),
-		sched:     sched,
-		workers:   map[string]*protocol.RemoteWorker{},
-		active:    map[uint64]*activeEval{},
-		jobs:      map[string]context.CancelFunc{},
-		faults:    map[string]string{},
-	}, nil
+	drv := &driver{
+		log:         log.With("component", "driver"),
+		db:          d,
+		cache:       c,
+		logs:        logs,
+		cfg:         cfg,
+		now:         cfg.Now,
+		evalSlots:   make(chan struct{}, cfg.MaxEvaluations),
+		events:      make(chan func(context.Context), 64),
+		evalPool:    newWorkerPool(),
+		sched:       sched,
+		workers:     map[string]*protocol.RemoteWorker{},
+		active:      map[uint64]*activeEval{},
+		jobs:        map[string]context.CancelFunc{},
+		faults:      map[string]string{},
+		unsupported: map[string]time.Time{},
+	}
+	if err := drv.loadHistory(); err != nil {
+		return nil, err
+	}
+	return drv, nil
 }
 
 // Enqueue schedules a queued evaluation. It implements web.Evaluator.
@@ -102,12 +169,24 @@ func (d *driver) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			d.wg.Wait()
+			d.saveHistory()
 			return nil
 		case fn := <-d.events:
 			fn(ctx)
 		case <-ticker.C:
-			d.apply(ctx, d.sched.Tick(d.now()))
+			d.tick(ctx)
 		}
+	}
+}
+
+// tick advances the scheduler's time, fails the derivations that waited
+// too long for a worker and stores the build time estimates when they are
+// due. Called on the Run goroutine.
+func (d *driver) tick(ctx context.Context) {
+	d.apply(ctx, d.sched.Tick(d.now()))
+	d.expireUnsupported(ctx)
+	if d.now().Sub(d.historySaved) >= d.cfg.HistoryInterval {
+		d.saveHistory()
 	}
 }
 

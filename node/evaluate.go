@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -40,7 +41,11 @@ func (d *driver) evaluate(ctx context.Context, evalID uint64) {
 		return
 	}
 	if d.evalPool.size() == 0 {
-		log.Warn("no connected worker evaluates: the evaluation waits for one; connect a worker with 'gradient worker' or start the node with nix on PATH")
+		e.Waiting = "waiting for a worker that can evaluate: " + d.cfg.NoEvalWorkerReason
+		log.Warn("evaluation queued: no connected worker evaluates", "reason", d.cfg.NoEvalWorkerReason)
+		if err := d.db.PutEvaluation(e); err != nil {
+			log.Error("store evaluation failed", "err", err)
+		}
 	}
 	if _, err := d.evalPool.wait(ctx); err != nil {
 		log.Info("evaluation interrupted; it resumes on the next start")
@@ -49,6 +54,7 @@ func (d *driver) evaluate(ctx context.Context, evalID uint64) {
 
 	now := d.now().UTC()
 	e.Status = db.EvalEvaluating
+	e.Waiting = ""
 	e.StartedAt = &now
 	if err := d.db.PutEvaluation(e); err != nil {
 		log.Error("store evaluation failed", "err", err)
@@ -100,6 +106,7 @@ func (d *driver) recordGraph(ctx context.Context, e *db.Evaluation, res protocol
 		isMissing[p] = true
 	}
 
+	sizes := d.narSizes(ctx, outputs, isMissing)
 	now := d.now().UTC()
 	builds := make([]db.Build, 0, len(res.Derivations))
 	for _, drv := range res.Derivations {
@@ -125,6 +132,9 @@ func (d *driver) recordGraph(ctx context.Context, e *db.Evaluation, res protocol
 		}
 		if status == db.BuildCached {
 			b.FinishedAt = &now
+			for _, p := range drv.Outputs {
+				b.OutputSize += sizes[p]
+			}
 		}
 		builds = append(builds, b)
 	}
@@ -154,6 +164,30 @@ func (d *driver) recordGraph(ctx context.Context, e *db.Evaluation, res protocol
 	}
 	e.Status = db.EvalBuilding
 	return builds, d.db.PutEvaluation(*e)
+}
+
+// narSizes returns the NarSize of each path of outputs that the cache
+// holds, from its narinfo. A narinfo that cannot be read leaves its path
+// out: the size only improves the scheduler's estimates.
+func (d *driver) narSizes(ctx context.Context, outputs []string, isMissing map[string]bool) map[string]uint64 {
+	sizes := map[string]uint64{}
+	for _, p := range outputs {
+		if isMissing[p] {
+			continue
+		}
+		name := path.Base(p)
+		hashPart, _, ok := strings.Cut(name, "-")
+		if !ok {
+			continue
+		}
+		info, err := d.cache.NarInfo(ctx, hashPart)
+		if err != nil {
+			d.log.Debug("read narinfo of a cached output failed", "store_path", p, "err", err)
+			continue
+		}
+		sizes[p] = info.NarSize
+	}
+	return sizes
 }
 
 // failEvaluation records an evaluation that could not produce a graph.
@@ -190,7 +224,10 @@ func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Buil
 			Features:  b.Features,
 			InputDrvs: b.InputDrvs,
 			Outputs:   outputPaths(b.Outputs),
-			Cached:    b.Status.Finished(),
+			// NOTE: the size of a build that has not run yet is 0, not an
+			// estimate, so the scheduler sees no cost in fetching it.
+			OutputSize: b.OutputSize,
+			Cached:     b.Status.Finished(),
 		})
 	}
 	if pending == 0 {

@@ -109,13 +109,22 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	drv, err := newDriver(n.log, records, store, logs, cfg.MaxConcurrentEvaluations)
+
+	addr := ln.Addr().String()
+	cacheURL := "http://" + addr + "/cache/" + mainCache
+	local, noLocalReason, err := n.localWorker(ctx, records, cacheURL, store.PublicKey())
 	if err != nil {
 		return err
 	}
 
-	addr := ln.Addr().String()
-	cacheURL := "http://" + addr + "/cache/" + mainCache
+	drv, err := newDriver(n.log, records, store, logs, driverConfig{
+		MaxEvaluations:     cfg.MaxConcurrentEvaluations,
+		UnsupportedTimeout: cfg.UnsupportedTimeout,
+		NoEvalWorkerReason: noLocalReason,
+	})
+	if err != nil {
+		return err
+	}
 
 	registry := &workerRegistry{db: records, now: time.Now}
 	hub, err := protocol.NewHub(protocol.HubConfig{
@@ -133,12 +142,6 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	registry.hub = hub
-
-	local, err := n.localWorker(records, cacheURL, store.PublicKey())
-	if err != nil {
-		ln.Close()
-		return err
-	}
 
 	srv := web.New(web.Config{
 		DB:            records,
@@ -234,18 +237,21 @@ func (n *Node) serve(ctx context.Context, cancel context.CancelFunc, ln net.List
 }
 
 // localWorker returns the session configuration of the in-process
-// worker, or nil when it is disabled or nix is missing.
-func (n *Node) localWorker(records *db.DB, cacheURL, publicKey string) (*protocol.ServeConfig, error) {
+// worker. When there is none, because it is disabled or nix is not on
+// PATH, it returns nil and the reason, which says how to get a worker. A
+// nix binary that does not run `nix --version` is an error, so a wrong
+// --nix fails the start rather than the first evaluation.
+func (n *Node) localWorker(ctx context.Context, records *db.DB, cacheURL, publicKey string) (*protocol.ServeConfig, string, error) {
 	if n.cfg.NoWorker {
 		n.log.Info("in-process worker disabled")
-		return nil, nil
+		return nil, "this node runs with --no-worker; connect one with 'gradient worker'", nil
 	}
 	nixBin := n.cfg.NixBin
 	if nixBin == "" {
 		p, err := exec.LookPath("nix")
 		if err != nil {
 			n.log.Warn("nix not found on PATH: running without an in-process worker, so nothing is evaluated or built until a worker connects")
-			return nil, nil
+			return nil, "nix is not on this node's PATH, so it runs no in-process worker; install nix or connect a worker with 'gradient worker'", nil
 		}
 		nixBin = p
 	}
@@ -258,21 +264,28 @@ func (n *Node) localWorker(records *db.DB, cacheURL, publicKey string) (*protoco
 		MaxJobs:           n.cfg.WorkerMaxJobs,
 	}, n.log.With("worker_id", localWorkerID))
 	if err != nil {
-		return nil, fmt.Errorf("start in-process worker: %w", err)
+		return nil, "", fmt.Errorf("start in-process worker: %w", err)
+	}
+	versionCtx, cancel := context.WithTimeout(ctx, nixVersionTimeout)
+	version, err := w.Nix().Version(versionCtx)
+	cancel()
+	if err != nil {
+		return nil, "", fmt.Errorf("start in-process worker: run %q --version: %w: pass a working nix binary with --nix, or run with --no-worker", nixBin, err)
 	}
 	if err := records.EnsureWorker(localWorkerID, time.Now()); err != nil {
-		return nil, fmt.Errorf("store in-process worker record: %w", err)
+		return nil, "", fmt.Errorf("store in-process worker record: %w", err)
 	}
 	spoolDir := filepath.Join(n.cfg.DataDir, "spool")
 	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create NAR spool directory: %w", err)
+		return nil, "", fmt.Errorf("create NAR spool directory: %w", err)
 	}
 	storeDir := n.cfg.WorkerStore
 	if storeDir == "" {
 		storeDir = "/nix/store"
 	}
 	system := worker.NativeSystem()
-	n.log.Info("in-process worker started", "nix", nixBin, "store", n.cfg.WorkerStore, "system", system, "max_jobs", n.cfg.WorkerMaxJobs)
+	n.log.Info("in-process worker started", "nix", nixBin, "nix_version", version.String(), "store", n.cfg.WorkerStore,
+		"system", system, "max_jobs", n.cfg.WorkerMaxJobs)
 	return &protocol.ServeConfig{
 		Systems:  []string{system},
 		MaxJobs:  n.cfg.WorkerMaxJobs,
@@ -280,5 +293,8 @@ func (n *Node) localWorker(records *db.DB, cacheURL, publicKey string) (*protoco
 		SpoolDir: spoolDir,
 		StoreDir: storeDir,
 		Logger:   n.log.With("worker_id", localWorkerID),
-	}, nil
+	}, "the in-process worker is not connected", nil
 }
+
+// nixVersionTimeout bounds `nix --version` at start.
+const nixVersionTimeout = 30 * time.Second

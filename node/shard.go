@@ -20,9 +20,11 @@ const maxEvalAttempts = 5
 // one such worker it evaluates everything there. With more, it lists the
 // entry points on one and shards the evaluation of their drvPaths across
 // all of them, then merges the derivation graphs. A worker that
-// disconnects is replaced by another.
+// disconnects is replaced by another. A job that a worker declines is
+// offered again after a growing delay, without counting an attempt.
 func (d *driver) runEvaluation(ctx context.Context, log *slog.Logger, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
-	for attempt := 1; ; attempt++ {
+	delay := d.cfg.RetryDelay
+	for attempt := 1; ; {
 		ws, err := d.evalPool.wait(ctx)
 		if err != nil {
 			return protocol.EvalResult{}, err
@@ -33,8 +35,17 @@ func (d *driver) runEvaluation(ctx context.Context, log *slog.Logger, req protoc
 		} else {
 			res, err = d.evaluateSharded(ctx, log, ws, req, progress)
 		}
+		if errors.Is(err, protocol.ErrJobDeclined) {
+			log.Info("a worker declined the evaluation; offering it again", "delay", delay, "err", err)
+			if err := sleepContext(ctx, delay); err != nil {
+				return protocol.EvalResult{}, err
+			}
+			delay = min(2*delay, maxRetryDelay)
+			continue
+		}
 		if errors.Is(err, protocol.ErrWorkerGone) && attempt < maxEvalAttempts {
 			log.Warn("a worker disconnected during the evaluation; evaluating again", "attempt", attempt, "err", err)
+			attempt++
 			continue
 		}
 		return res, err
@@ -92,22 +103,36 @@ func (d *driver) evaluateSharded(ctx context.Context, log *slog.Logger, ws []*pr
 }
 
 // evaluateShard evaluates one shard on w, and on another connected worker
-// each time the one it runs on disconnects.
+// each time the one it runs on disconnects or declines the shard. A
+// declined shard waits a growing delay first and costs no attempt.
 func (d *driver) evaluateShard(ctx context.Context, log *slog.Logger, w *protocol.RemoteWorker, shard int, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
-	for attempt := 1; ; attempt++ {
+	delay := d.cfg.RetryDelay
+	for attempt, moves := 1, 1; ; moves++ {
 		res, err := w.Evaluate(ctx, req, progress)
-		if !errors.Is(err, protocol.ErrWorkerGone) || attempt >= maxEvalAttempts {
+		declined := errors.Is(err, protocol.ErrJobDeclined)
+		if !declined && (!errors.Is(err, protocol.ErrWorkerGone) || attempt >= maxEvalAttempts) {
 			if err != nil {
 				return res, fmt.Errorf("evaluate shard %d on worker %q: %w", shard, w.ID(), err)
 			}
 			return res, nil
 		}
+		if declined {
+			log.Info("worker declined an evaluation shard; offering it again", "shard", shard, "worker_id", w.ID(), "delay", delay, "err", err)
+			if err := sleepContext(ctx, delay); err != nil {
+				return protocol.EvalResult{}, err
+			}
+			delay = min(2*delay, maxRetryDelay)
+		} else {
+			attempt++
+		}
 		ws, werr := d.evalPool.wait(ctx)
 		if werr != nil {
 			return protocol.EvalResult{}, werr
 		}
-		next := ws[(shard+attempt)%len(ws)]
-		log.Warn("worker disconnected during an evaluation shard; moving it", "shard", shard, "from", w.ID(), "to", next.ID())
+		next := ws[(shard+moves)%len(ws)]
+		if !declined {
+			log.Warn("worker disconnected during an evaluation shard; moving it", "shard", shard, "from", w.ID(), "to", next.ID())
+		}
 		w = next
 	}
 }

@@ -50,6 +50,13 @@ func (p *workerPool) remove(w *protocol.RemoteWorker) {
 	p.changed = make(chan struct{})
 }
 
+// snapshot returns the connected workers that evaluate.
+func (p *workerPool) snapshot() []*protocol.RemoteWorker {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.workers)
+}
+
 func (p *workerPool) size() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -102,6 +109,7 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 			return
 		}
 		d.workers[w.ID()] = w
+		d.pruneUnsupported()
 		d.apply(ctx, decisions)
 		d.queryStores(ctx, []*protocol.RemoteWorker{w})
 	})
