@@ -26,10 +26,19 @@ var ErrNoEntryPoints = errors.New("no entry point patterns")
 // returns the closure of their derivations. An attribute that fails to
 // evaluate is recorded in its EntryPoint with nix's message when a pattern
 // names it without "**", as attrpath.Pattern.Names defines. An attribute
-// that a "**" only searched through gets a progress line instead. Evaluate
-// returns an error only for an invalid request, a flake that cannot be
-// locked or whose outputs cannot be evaluated at all, a fault of the
-// worker, or a cancelled ctx. With req.ListOnly it stops after listing
+// that a "**" only searched through gets a progress line instead.
+//
+// A pattern that has no "**" and ends in a name records an error for a
+// match that is not a derivation, such as an integer or an attribute set.
+// A pattern without wildcards whose attribute is missing records an error
+// at its path that names the missing attribute. Any other pattern that
+// matched nothing gets one EntryPoint with the pattern as Attr and the
+// error "pattern P matched no derivation", unless a "**" search below it
+// failed.
+//
+// Evaluate returns an error only for an invalid request, a flake that
+// cannot be locked or whose outputs cannot be evaluated at all, a fault of
+// the worker, or a cancelled ctx. With req.ListOnly it stops after listing
 // the matching attributes, whose DrvPath stays empty.
 func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
 	if progress == nil {
@@ -69,7 +78,11 @@ func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progres
 	if err := e.walk(ctx, nil); err != nil {
 		return protocol.EvalResult{}, err
 	}
+	if err := e.reportUnmatched(ctx); err != nil {
+		return protocol.EvalResult{}, err
+	}
 	slices.SortFunc(e.entryPoints, func(a, b entryPoint) int { return slices.Compare(a.path, b.path) })
+	e.entryPoints = append(e.entryPoints, e.patternErrors...)
 	if e.skipped > 0 {
 		fmt.Fprintf(progress, "skipped %d matching attributes that are not derivations\n", e.skipped)
 	}
@@ -86,8 +99,12 @@ func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progres
 	var roots []string
 	failed := 0
 	for _, ep := range e.entryPoints {
+		attr := ep.pattern
+		if attr == "" {
+			attr = attrpath.Join(ep.path)
+		}
 		result.EntryPoints = append(result.EntryPoints, protocol.EntryPoint{
-			Attr:    attrpath.Join(ep.path),
+			Attr:    attr,
 			DrvPath: ep.drvPath,
 			Error:   ep.err,
 		})
@@ -133,9 +150,12 @@ func parsePatterns(entryPoints []string) ([]attrpath.Pattern, error) {
 	return patterns, nil
 }
 
-// entryPoint is an attribute that matched, with its drvPath or nix's error.
+// entryPoint is an attribute that matched, with its drvPath or an error,
+// or a pattern that matched nothing, with an error.
 type entryPoint struct {
-	path    []string
+	path []string
+	// pattern is set instead of path for a pattern that matched nothing.
+	pattern string
 	drvPath string
 	err     string
 }
@@ -151,10 +171,15 @@ type evaluation struct {
 	list bool
 
 	entryPoints []entryPoint
-	// skipped counts matches that are not derivations.
+	// patternErrors are the patterns that matched nothing.
+	patternErrors []entryPoint
+	// skipped counts matches that are not derivations and that no
+	// pattern names explicitly.
 	skipped int
-	// searchErrors counts errors below a "**" that no pattern names.
-	searchErrors int
+	// searchErrors counts errors below a "**" that no pattern names, and
+	// searchErrorPaths are their attribute paths.
+	searchErrors     int
+	searchErrorPaths [][]string
 }
 
 // walkItem is one element of walk.nix's result.
@@ -216,7 +241,7 @@ func (e *evaluation) collect(ctx context.Context, items []walkItem) error {
 				return err
 			}
 		case item.Other != "":
-			e.skipped++
+			e.noteOther(item)
 		}
 	}
 	return nil
@@ -270,6 +295,7 @@ func (e *evaluation) named(path []string) bool {
 // reached. It is not an entry point: the pattern searched through it.
 func (e *evaluation) noteSearchError(path []string, message string) {
 	e.searchErrors++
+	e.searchErrorPaths = append(e.searchErrorPaths, slices.Clone(path))
 	if message == "" {
 		message = "evaluation failed"
 	}

@@ -45,13 +45,89 @@ func TestEvaluatePatterns(t *testing.T) {
 		{[]string{"checks.*.*"}, []string{"checks.x86_64-linux.direct"}},
 		{[]string{"packages.x86_64-linux.top,packages.x86_64-linux.chain3"}, []string{"packages.x86_64-linux.chain3", "packages.x86_64-linux.top"}},
 		{[]string{"packages.*.top", "packages.x86_64-linux.top"}, []string{"packages.x86_64-linux.top"}},
-		{[]string{"apps.*.*"}, nil},
-		{[]string{"notAPackage"}, nil},
+		{[]string{"apps.*.*"}, []string{"apps.*.*"}},
+		{[]string{"notAPackage"}, []string{"notAPackage"}},
 	}
 	for _, tt := range tests {
 		_, got := evaluateAttrs(t, w, ref, tt.patterns...)
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("Evaluate(%q) attrs = %q, want %q", tt.patterns, got, tt.want)
+		}
+	}
+}
+
+// unmatchedFlake has values that entry point patterns can name but that
+// are not derivations, and a check that fails to evaluate.
+const unmatchedFlake = `{
+  outputs = { self }: {
+    packages.x86_64-linux = {
+      hello = builtins.derivation {
+        name = "hello"; system = "x86_64-linux"; builder = "/bin/sh";
+        args = [ "-c" "echo hello > $out" ];
+      };
+      notadrv = 42;
+      text = "a string";
+      plain = { a = 1; };
+    };
+    checks.x86_64-linux.broken = throw "broken check";
+    lib.answer = 42;
+  };
+}
+`
+
+func TestEvaluateUnmatchedPatterns(t *testing.T) {
+	requireNix(t)
+	dir := t.TempDir()
+	writeTestFile(t, filepath.Join(dir, "flake.nix"), unmatchedFlake)
+	w := newTestWorker(t, chrootStore(t))
+	ref := "path:" + dir
+
+	// Each entry point is written "attr: error", or "attr" for one that
+	// evaluated to a derivation.
+	tests := []struct {
+		pattern string
+		want    []string
+	}{
+		{"packages.x86_64-linux.nonexistent", []string{"packages.x86_64-linux.nonexistent: attribute not found"}},
+		{"packages.x86_64-linux.notadrv", []string{"packages.x86_64-linux.notadrv: not a derivation (an integer)"}},
+		{"packages.x86_64-linux.text", []string{"packages.x86_64-linux.text: not a derivation (a string)"}},
+		{"packages.x86_64-linux.plain", []string{"packages.x86_64-linux.plain: not a derivation (an attribute set)"}},
+		{"packages.x86_64-linux", []string{"packages.x86_64-linux: not a derivation (an attribute set)"}},
+		{"packages.aarch64-linux.hello", []string{`packages.aarch64-linux.hello: attribute not found: packages has no attribute "aarch64-linux"`}},
+		{"packges.x86_64-linux.hello", []string{`packges.x86_64-linux.hello: attribute not found: the flake has no output "packges"`}},
+		{"packages.x86_64-linux.hello.out", []string{"packages.x86_64-linux.hello.out: attribute not found: packages.x86_64-linux.hello is a derivation, not an attribute set"}},
+		{"packages.*.notadrv", []string{"packages.x86_64-linux.notadrv: not a derivation (an integer)"}},
+		{"packages.*.nonexistent", []string{"packages.*.nonexistent: pattern packages.*.nonexistent matched no derivation"}},
+		{"packges.*.*", []string{"packges.*.*: pattern packges.*.* matched no derivation"}},
+		{"lib.*", []string{"lib.*: pattern lib.* matched no derivation"}},
+		{"packages.**.notadrv", []string{"packages.**.notadrv: pattern packages.**.notadrv matched no derivation"}},
+		{"packages.*.*", []string{"packages.x86_64-linux.hello"}},
+		{"packages.x86_64-linux.hello", []string{"packages.x86_64-linux.hello"}},
+		// An error under "**" is a progress line, and the failed check may
+		// be where the pattern would have matched.
+		{"checks.**.leaf", nil},
+		{"**.notadrv", nil},
+		// "**" matches the failed check itself, so its error counts.
+		{"checks.**", []string{"checks.x86_64-linux.broken: broken check"}},
+	}
+	for _, tt := range tests {
+		for _, listOnly := range []bool{false, true} {
+			var progress bytes.Buffer
+			result, err := w.Evaluate(t.Context(), protocol.EvalRequest{FlakeRef: ref, EntryPoints: []string{tt.pattern}, ListOnly: listOnly}, &progress)
+			if err != nil {
+				t.Fatalf("Evaluate(%q, list only %v) = %v\nprogress:\n%s", tt.pattern, listOnly, err, progress.String())
+			}
+			var got []string
+			for _, ep := range result.EntryPoints {
+				if ep.Error != "" {
+					got = append(got, ep.Attr+": "+ep.Error)
+				} else {
+					got = append(got, ep.Attr)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("Evaluate(%q, list only %v) entry points = %q, want %q\nprogress:\n%s", tt.pattern, listOnly, got, tt.want, progress.String())
+			}
 		}
 	}
 }

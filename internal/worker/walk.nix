@@ -13,9 +13,11 @@
 #
 # It returns a list of { path; drvPath; } for derivations, { path; error; }
 # for caught errors and { path; other; } for matches that are not
-# derivations, with other naming the value's type. It does not descend
-# into derivations, and it descends into an attribute set only while a
-# pattern can match below it.
+# derivations, with other naming the value's type. An attribute set that is
+# not a derivation is reported only when a pattern names it explicitly:
+# the pattern has no "**" and ends in a name. It does not descend into
+# derivations, and it descends into an attribute set only while a pattern
+# can match below it.
 outputs: args:
 let
   inherit (builtins) any attrNames concatMap elem elemAt foldl' genList isAttrs length tryEval typeOf;
@@ -46,7 +48,18 @@ let
 
   initial = genList (i: closure (elemAt patterns i) 0) count;
 
-  matches = state: any (i: elem (length (elemAt patterns i)) (elemAt state i)) (genList (i: i) count);
+  matchesAny = indices: state: any (i: elem (length (elemAt patterns i)) (elemAt state i)) indices;
+
+  matches = matchesAny (genList (i: i) count);
+
+  # The patterns that end in a name and have no "**".
+  explicitPatterns = builtins.filter
+    (i:
+      let p = elemAt patterns i; in
+      length p > 0 && (elemAt p (length p - 1)).k == "name" && !(any (s: s.k == "any") p))
+    (genList (i: i) count);
+
+  explicit = matchesAny explicitPatterns;
 
   live = state: any (positions: positions != [ ]) state;
 
@@ -71,7 +84,8 @@ let
        else if drvPath.success then [ { inherit path; drvPath = drvPath.value; } ]
        else [ { inherit path; error = true; } ])
     else
-      concatMap
+      (if explicit state then [ { inherit path; other = "set"; } ] else [ ])
+      ++ concatMap
         (name:
           let next = advance state name; in
           if live next then walk (path ++ [ name ]) next v.${name} else [ ])
