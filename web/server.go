@@ -114,6 +114,7 @@ func New(cfg Config) *Server {
 		r.Post("/projects/{org}/{project}/evaluations", s.createEvaluation)
 		r.Get("/evaluations/{id}", s.getEvaluation)
 		r.Get("/evaluations/{id}/builds", s.listBuilds)
+		r.Get("/evaluations/{id}/graph", s.getGraph)
 		r.Get("/builds/{id}", s.getBuild)
 		r.Get("/builds/{id}/log", s.getBuildLog)
 		r.Get("/caches", s.listCaches)

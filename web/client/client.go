@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/scheduler/sim"
 	"github.com/gradient-ci/gradient/web"
 )
 
@@ -170,6 +171,14 @@ func (c *Client) Builds(ctx context.Context, evalID uint64) ([]db.Build, error) 
 	var bs []db.Build
 	err := c.do(ctx, http.MethodGet, "/api/v1/evaluations/"+db.FormatID(evalID)+"/builds", nil, &bs)
 	return bs, err
+}
+
+// Graph returns the derivation graph of an evaluation in the shape that
+// `gradient sim --graph FILE` reads.
+func (c *Client) Graph(ctx context.Context, evalID uint64) (sim.GraphFile, error) {
+	var g sim.GraphFile
+	err := c.do(ctx, http.MethodGet, "/api/v1/evaluations/"+db.FormatID(evalID)+"/graph", nil, &g)
+	return g, err
 }
 
 // Build returns one build.
