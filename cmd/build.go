@@ -5,15 +5,21 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/gradient-ci/gradient/internal/db"
 )
 
 func newBuildCommand(cf *clientFlags) *cobra.Command {
 	c := &cobra.Command{Use: "build", Short: "Inspect builds"}
 	show := newBuildShowCommand(cf)
 	show.Flags().BoolVar(&cf.json, "json", false, "print the API's JSON object")
-	c.AddCommand(show, newBuildLogCommand(cf))
+	why := newBuildWhyCommand(cf)
+	why.Flags().BoolVar(&cf.json, "json", false, "print the build's placement as JSON")
+	c.AddCommand(show, newBuildLogCommand(cf), why)
 	return c
 }
 
@@ -63,6 +69,59 @@ func newBuildShowCommand(cf *clientFlags) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newBuildWhyCommand(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "why BUILD-ID",
+		Short: "Print why the scheduler placed the build on its worker: candidates, runner-up and score",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseBuildID(args[0])
+			if err != nil {
+				return err
+			}
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			b, err := cl.Build(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			p := b.Placement
+			if p == nil {
+				return fmt.Errorf("build %d (%s) was never placed on a worker: it is %s", b.ID, b.Name, b.Status)
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), p)
+			}
+			printPlacement(cmd.OutOrStdout(), b)
+			return nil
+		},
+	}
+}
+
+// printPlacement prints a build's placement, which must be set.
+func printPlacement(w io.Writer, b db.Build) {
+	p := b.Placement
+	fmt.Fprintf(w, "build %d (%s): %s\n", b.ID, b.Name, b.Status)
+	fmt.Fprintf(w, "worker: %s\n", p.WorkerID)
+	fmt.Fprintf(w, "job: %s, %d derivation(s), assigned %s\n", p.JobID, p.Links, p.AssignedAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "candidates: %d workers with a free slot, the system and the features\n", p.Candidates)
+	if p.RunnerUp != "" {
+		fmt.Fprintf(w, "runner-up: %s, total %.1f s\n", p.RunnerUp, p.RunnerUpTotal)
+	} else {
+		fmt.Fprintln(w, "runner-up: none")
+	}
+	fmt.Fprintf(w, "urgent: %t\n", p.Urgent)
+	fmt.Fprintln(w, "score (lower is better):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "  fetch\t%d bytes\t%.1f s\n", p.FetchBytes, p.FetchSeconds)
+	fmt.Fprintf(tw, "  build\t\t%.1f s\n", p.BuildSeconds)
+	fmt.Fprintf(tw, "  speed\t%g\t\n", p.Speed)
+	fmt.Fprintf(tw, "  total\t\t%.1f s\n", p.Total)
+	tw.Flush()
 }
 
 func newBuildLogCommand(cf *clientFlags) *cobra.Command {

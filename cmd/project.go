@@ -21,7 +21,8 @@ import (
 func newProjectCommand(cf *clientFlags) *cobra.Command {
 	c := &cobra.Command{Use: "project", Short: "Create, evaluate and inspect projects"}
 	c.PersistentFlags().BoolVar(&cf.json, "json", false, "print the API's JSON object")
-	c.AddCommand(newProjectCreateCommand(cf), newProjectEvaluateCommand(cf), newProjectShowCommand(cf), newProjectListCommand(cf))
+	c.AddCommand(newProjectCreateCommand(cf), newProjectEvaluateCommand(cf), newProjectShowCommand(cf), newProjectListCommand(cf),
+		newProjectGraphCommand(cf))
 	return c
 }
 
@@ -132,6 +133,9 @@ func waitForEvaluation(cmd *cobra.Command, cf *clientFlags, cl *client.Client, i
 			continue
 		}
 		line := fmt.Sprintf("evaluation %d: %s%s", id, e.Status, buildCounts(bs))
+		if e.Waiting != "" {
+			line += ", " + e.Waiting
+		}
 		if line != last {
 			fmt.Fprintln(cmd.ErrOrStderr(), line)
 			last = line
@@ -253,6 +257,9 @@ func printEvaluation(w io.Writer, e db.Evaluation, bs []db.Build) {
 	if e.Error != "" {
 		fmt.Fprintf(w, "error: %s\n", e.Error)
 	}
+	if e.Waiting != "" {
+		fmt.Fprintf(w, "%s\n", e.Waiting)
+	}
 
 	byID := map[uint64]db.Build{}
 	for _, b := range bs {
@@ -334,6 +341,44 @@ func newProjectListCommand(cf *clientFlags) *cobra.Command {
 			fmt.Fprintln(tw, "PROJECT\tFLAKE\tENTRY POINTS\tLAST EVALUATION")
 			for _, p := range ps {
 				fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%d\n", p.Org, p.Name, p.FlakeRef, strings.Join(p.EntryPoints, ","), p.LastEvaluation)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func newProjectGraphCommand(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "graph ORG/PROJECT",
+		Short: "Print the derivation graph of the project's latest evaluation; --json writes the file 'gradient sim --graph' reads",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			org, name, err := splitProject(args[0])
+			if err != nil {
+				return err
+			}
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			p, err := cl.Project(cmd.Context(), org, name)
+			if err != nil {
+				return err
+			}
+			if p.LastEvaluation == 0 {
+				return fmt.Errorf("project %s/%s has no evaluation yet: run 'gradient project evaluate %s/%s'", org, name, org, name)
+			}
+			g, err := cl.Graph(cmd.Context(), p.LastEvaluation)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), g)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSYSTEM\tINPUTS\tOUTPUT BYTES\tBUILD S\tCACHED")
+			for _, d := range g.Derivations {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%t\n", d.Name, d.System, len(d.InputDrvs), d.OutputSize, d.BuildTimeSeconds, d.Cached)
 			}
 			return tw.Flush()
 		},

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -13,9 +14,10 @@ import (
 
 func newServeCommand(cf *clientFlags) *cobra.Command {
 	var (
-		cfg            node.Config
-		logLevel       string
-		trustedProxies []string
+		cfg                node.Config
+		logLevel           string
+		trustedProxies     []string
+		unsupportedTimeout time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "serve",
@@ -36,6 +38,14 @@ func newServeCommand(cf *clientFlags) *cobra.Command {
 				}
 				cfg.TrustedProxies = append(cfg.TrustedProxies, prefix)
 			}
+			switch {
+			case unsupportedTimeout < 0:
+				return fmt.Errorf("--unsupported-timeout %v is negative: give a duration such as 5m, or 0 to fail such builds at once", unsupportedTimeout)
+			case unsupportedTimeout == 0:
+				cfg.UnsupportedTimeout = node.FailUnsupportedAtOnce
+			default:
+				cfg.UnsupportedTimeout = unsupportedTimeout
+			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg.DataDir = cf.dataDir
 
@@ -55,6 +65,8 @@ func newServeCommand(cf *clientFlags) *cobra.Command {
 	f.IntVar(&cfg.WorkerMaxJobs, "worker-max-jobs", 1, "builds the in-process worker runs at once, 1 to 64")
 	f.BoolVar(&cfg.NoDefaultUpstream, "no-default-upstream", false, "create the main cache without https://cache.nixos.org as its upstream (first start only)")
 	f.StringSliceVar(&trustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For header is believed, repeatable")
+	f.DurationVar(&unsupportedTimeout, "unsupported-timeout", node.DefaultUnsupportedTimeout,
+		"how long a build waits for a connected worker with its system and required features before it fails; 0 fails it at once")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return c
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gradient-ci/gradient/scheduler/sim"
 	"github.com/gradient-ci/gradient/web"
 )
 
@@ -168,13 +169,19 @@ func waitWorkers(t *testing.T, n *node, names ...string) []web.WorkerInfo {
 }
 
 type buildRecord struct {
-	ID       uint64            `json:"id"`
-	DrvPath  string            `json:"drv_path"`
-	Name     string            `json:"name"`
-	Status   string            `json:"status"`
-	Outputs  map[string]string `json:"outputs"`
-	WorkerID string            `json:"worker_id"`
-	Error    string            `json:"error"`
+	ID        uint64            `json:"id"`
+	DrvPath   string            `json:"drv_path"`
+	Name      string            `json:"name"`
+	Status    string            `json:"status"`
+	Outputs   map[string]string `json:"outputs"`
+	WorkerID  string            `json:"worker_id"`
+	Error     string            `json:"error"`
+	Placement *struct {
+		JobID    string `json:"job_id"`
+		WorkerID string `json:"worker_id"`
+		Links    int    `json:"links"`
+	} `json:"placement"`
+	OutputSize uint64 `json:"output_size"`
 }
 
 type evalShow struct {
@@ -255,6 +262,8 @@ func TestRemoteWorkers(t *testing.T) {
 	if len(byWorker) < 2 {
 		t.Errorf("builds ran on workers %v, want at least two of them", byWorker)
 	}
+	checkChainOneJob(t, n, show.Builds, "chain-1", "chain-2", "chain-3")
+	checkGraph(t, n, "demo/remote", len(show.Builds))
 	if !strings.Contains(n.logText(), `msg="evaluating entry points in shards"`) || !strings.Contains(n.logText(), "shards=3") {
 		t.Errorf("node log does not show the evaluation sharded across 3 workers")
 	}
@@ -277,6 +286,67 @@ func TestRemoteWorkers(t *testing.T) {
 	}
 	if !strings.Contains(procs["w3"].logText(), "invalid worker token") {
 		t.Errorf("log of the revoked worker does not say why it stopped:\n%s", procs["w3"].logText())
+	}
+}
+
+// checkChainOneJob fails unless the named builds, a chain in which each
+// link is the only dependent of the one before, were one job on one
+// worker: each link started where its input was built, so no input
+// crossed the network. It also checks that `gradient build why` explains
+// the placement.
+func checkChainOneJob(t *testing.T, n *node, builds []buildRecord, names ...string) {
+	t.Helper()
+	byName := map[string]buildRecord{}
+	for _, b := range builds {
+		byName[b.Name] = b
+	}
+	first := byName[names[0]]
+	if first.Placement == nil {
+		t.Fatalf("build %s has no placement: %+v", first.Name, first)
+	}
+	for _, name := range names {
+		b := byName[name]
+		if b.Placement == nil || b.Placement.JobID != first.Placement.JobID || b.Placement.Links != len(names) {
+			t.Errorf("build %s placement = %+v, want job %s of %d links", name, b.Placement, first.Placement.JobID, len(names))
+		}
+		if b.WorkerID == "" || b.WorkerID != first.WorkerID {
+			t.Errorf("build %s ran on %q, want %q like %s", name, b.WorkerID, first.WorkerID, names[0])
+		}
+		if b.OutputSize == 0 {
+			t.Errorf("build %s output_size = 0, want the NAR size the worker reported", name)
+		}
+	}
+
+	why := n.mustCLI("build", "why", itoa(byName[names[len(names)-1]].ID))
+	for _, want := range []string{"worker: " + first.WorkerID, "job: " + first.Placement.JobID, "candidates:", "runner-up:", "fetch", "total"} {
+		if !strings.Contains(why, want) {
+			t.Errorf("build why does not show %q:\n%s", want, why)
+		}
+	}
+}
+
+// checkGraph fails unless `gradient project graph --json` writes a file
+// that the simulator loads, with one derivation per build.
+func checkGraph(t *testing.T, n *node, project string, builds int) {
+	t.Helper()
+	out := n.mustCLI("project", "graph", project, "--json")
+	g, err := sim.LoadGraph(strings.NewReader(out))
+	if err != nil {
+		t.Fatalf("sim.LoadGraph(project graph --json) = %v\n%s", err, out)
+	}
+	if len(g.Derivations) != builds {
+		t.Errorf("graph has %d derivations, want %d", len(g.Derivations), builds)
+	}
+	var file sim.GraphFile
+	decodeJSON(t, out, &file)
+	timed := 0
+	for _, d := range file.Derivations {
+		if d.BuildTimeSeconds > 0 {
+			timed++
+		}
+	}
+	if timed == 0 {
+		t.Errorf("no derivation of the graph has a build time:\n%s", out)
 	}
 }
 
