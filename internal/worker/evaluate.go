@@ -33,8 +33,9 @@ var ErrNoEntryPoints = errors.New("no entry point patterns")
 // A pattern without wildcards whose attribute is missing records an error
 // at its path that names the missing attribute. Any other pattern that
 // matched nothing gets one EntryPoint with the pattern as Attr and the
-// error "pattern P matched no derivation", unless a "**" search below it
-// failed.
+// error "pattern P matched no derivation", except in the cases that
+// wildcardUnmatchedIsError lists, such as checks.*.* for a flake without
+// checks when another pattern matched a derivation.
 //
 // Evaluate returns an error only for an invalid request, a flake that
 // cannot be locked or whose outputs cannot be evaluated at all, a fault of

@@ -85,37 +85,44 @@ func TestEvaluateUnmatchedPatterns(t *testing.T) {
 	// Each entry point is written "attr: error", or "attr" for one that
 	// evaluated to a derivation.
 	tests := []struct {
-		pattern string
-		want    []string
+		patterns []string
+		want     []string
 	}{
-		{"packages.x86_64-linux.nonexistent", []string{"packages.x86_64-linux.nonexistent: attribute not found"}},
-		{"packages.x86_64-linux.notadrv", []string{"packages.x86_64-linux.notadrv: not a derivation (an integer)"}},
-		{"packages.x86_64-linux.text", []string{"packages.x86_64-linux.text: not a derivation (a string)"}},
-		{"packages.x86_64-linux.plain", []string{"packages.x86_64-linux.plain: not a derivation (an attribute set)"}},
-		{"packages.x86_64-linux", []string{"packages.x86_64-linux: not a derivation (an attribute set)"}},
-		{"packages.aarch64-linux.hello", []string{`packages.aarch64-linux.hello: attribute not found: packages has no attribute "aarch64-linux"`}},
-		{"packges.x86_64-linux.hello", []string{`packges.x86_64-linux.hello: attribute not found: the flake has no output "packges"`}},
-		{"packages.x86_64-linux.hello.out", []string{"packages.x86_64-linux.hello.out: attribute not found: packages.x86_64-linux.hello is a derivation, not an attribute set"}},
-		{"packages.*.notadrv", []string{"packages.x86_64-linux.notadrv: not a derivation (an integer)"}},
-		{"packages.*.nonexistent", []string{"packages.*.nonexistent: pattern packages.*.nonexistent matched no derivation"}},
-		{"packges.*.*", []string{"packges.*.*: pattern packges.*.* matched no derivation"}},
-		{"lib.*", []string{"lib.*: pattern lib.* matched no derivation"}},
-		{"packages.**.notadrv", []string{"packages.**.notadrv: pattern packages.**.notadrv matched no derivation"}},
-		{"packages.*.*", []string{"packages.x86_64-linux.hello"}},
-		{"packages.x86_64-linux.hello", []string{"packages.x86_64-linux.hello"}},
+		{[]string{"packages.x86_64-linux.nonexistent"}, []string{"packages.x86_64-linux.nonexistent: attribute not found"}},
+		{[]string{"packages.x86_64-linux.notadrv"}, []string{"packages.x86_64-linux.notadrv: not a derivation (an integer)"}},
+		{[]string{"packages.x86_64-linux.text"}, []string{"packages.x86_64-linux.text: not a derivation (a string)"}},
+		{[]string{"packages.x86_64-linux.plain"}, []string{"packages.x86_64-linux.plain: not a derivation (an attribute set)"}},
+		{[]string{"packages.x86_64-linux"}, []string{"packages.x86_64-linux: not a derivation (an attribute set)"}},
+		{[]string{"packages.aarch64-linux.hello"}, []string{`packages.aarch64-linux.hello: attribute not found: packages has no attribute "aarch64-linux"`}},
+		{[]string{"packges.x86_64-linux.hello"}, []string{`packges.x86_64-linux.hello: attribute not found: the flake has no output "packges"`}},
+		{[]string{"packages.x86_64-linux.hello.out"}, []string{"packages.x86_64-linux.hello.out: attribute not found: packages.x86_64-linux.hello is a derivation, not an attribute set"}},
+		{[]string{"packages.*.notadrv"}, []string{"packages.x86_64-linux.notadrv: not a derivation (an integer)"}},
+		{[]string{"packages.*.nonexistent"}, []string{"packages.*.nonexistent: pattern packages.*.nonexistent matched no derivation"}},
+		{[]string{"packges.*.*"}, []string{"packges.*.*: pattern packges.*.* matched no derivation"}},
+		{[]string{"lib.*"}, []string{"lib.*: pattern lib.* matched no derivation"}},
+		{[]string{"packages.**.notadrv"}, []string{"packages.**.notadrv: pattern packages.**.notadrv matched no derivation"}},
+		{[]string{"packages.*.*"}, []string{"packages.x86_64-linux.hello"}},
+		{[]string{"packages.x86_64-linux.hello"}, []string{"packages.x86_64-linux.hello"}},
 		// An error under "**" is a progress line, and the failed check may
 		// be where the pattern would have matched.
-		{"checks.**.leaf", nil},
-		{"**.notadrv", nil},
+		{[]string{"checks.**.leaf"}, nil},
+		{[]string{"**.notadrv"}, nil},
 		// "**" matches the failed check itself, so its error counts.
-		{"checks.**", []string{"checks.x86_64-linux.broken: broken check"}},
+		{[]string{"checks.**"}, []string{"checks.x86_64-linux.broken: broken check"}},
+		// With a derivation matched, a pattern whose names before the
+		// first wildcard are missing is no error, as checks.*.* is for a
+		// flake without checks. A pattern that reaches into the outputs
+		// and matches nothing still is.
+		{[]string{"packages.*.*", "tests.*.*"}, []string{"packages.x86_64-linux.hello"}},
+		{[]string{"packages.*.*", "packages.*.typo"}, []string{"packages.x86_64-linux.hello", "packages.*.typo: pattern packages.*.typo matched no derivation"}},
+		{[]string{"packages.*.*", "lib.*"}, []string{"packages.x86_64-linux.hello", "lib.*: pattern lib.* matched no derivation"}},
 	}
 	for _, tt := range tests {
 		for _, listOnly := range []bool{false, true} {
 			var progress bytes.Buffer
-			result, err := w.Evaluate(t.Context(), protocol.EvalRequest{FlakeRef: ref, EntryPoints: []string{tt.pattern}, ListOnly: listOnly}, &progress)
+			result, err := w.Evaluate(t.Context(), protocol.EvalRequest{FlakeRef: ref, EntryPoints: tt.patterns, ListOnly: listOnly}, &progress)
 			if err != nil {
-				t.Fatalf("Evaluate(%q, list only %v) = %v\nprogress:\n%s", tt.pattern, listOnly, err, progress.String())
+				t.Fatalf("Evaluate(%q, list only %v) = %v\nprogress:\n%s", tt.patterns, listOnly, err, progress.String())
 			}
 			var got []string
 			for _, ep := range result.EntryPoints {
@@ -126,7 +133,7 @@ func TestEvaluateUnmatchedPatterns(t *testing.T) {
 				}
 			}
 			if !slices.Equal(got, tt.want) {
-				t.Errorf("Evaluate(%q, list only %v) entry points = %q, want %q\nprogress:\n%s", tt.pattern, listOnly, got, tt.want, progress.String())
+				t.Errorf("Evaluate(%q, list only %v) entry points = %q, want %q\nprogress:\n%s", tt.patterns, listOnly, got, tt.want, progress.String())
 			}
 		}
 	}

@@ -45,10 +45,10 @@ func (e *evaluation) noteOther(item walkItem) {
 // reportUnmatched records an error for each pattern that no entry point
 // belongs to. A pattern without wildcards gets an entry point at its path
 // whose error names the missing attribute. Any other pattern gets one
-// entry point named by the pattern, unless a "**" search below it failed.
-// The failed attribute may hold the derivations it would match, so that
-// case is a progress line only.
+// entry point named by the pattern when wildcardUnmatchedIsError returns
+// true, and a progress line otherwise.
 func (e *evaluation) reportUnmatched(ctx context.Context) error {
+	matchedDerivation := slices.ContainsFunc(e.entryPoints, func(ep entryPoint) bool { return ep.err == "" })
 	reported := map[string]bool{}
 	for _, p := range e.patterns {
 		if reported[p.String()] || e.hasEntryPoint(p) {
@@ -57,26 +57,64 @@ func (e *evaluation) reportUnmatched(ctx context.Context) error {
 		reported[p.String()] = true
 
 		if path, ok := literalPath(p); ok {
-			message, err := e.missingMessage(ctx, path)
+			found, err := e.selectPath(ctx, path)
 			if err != nil {
 				return e.fail(path, err)
 			}
-			if message != "" {
+			if message := found.message(path); message != "" {
 				fmt.Fprintf(e.progress, "error in %s: %s\n", attrpath.Join(path), message)
 				e.entryPoints = append(e.entryPoints, entryPoint{path: path, err: message})
 				continue
 			}
 		}
 
-		if e.searchFailedUnder(p) {
-			fmt.Fprintf(e.progress, "pattern %s matched no derivation, but attributes it searched failed to evaluate\n", p)
-			continue
+		isError, reason, err := e.wildcardUnmatchedIsError(ctx, p, matchedDerivation)
+		if err != nil {
+			return err
 		}
 		message := fmt.Sprintf("pattern %s matched no derivation", p)
+		if !isError {
+			fmt.Fprintf(e.progress, "%s, which is not an error because %s\n", message, reason)
+			continue
+		}
 		fmt.Fprintf(e.progress, "error: %s\n", message)
 		e.patternErrors = append(e.patternErrors, entryPoint{pattern: p.String(), err: message})
 	}
 	return nil
+}
+
+// wildcardUnmatchedIsError decides whether a pattern with wildcards that
+// matched nothing is an error, and returns the reason when it is not.
+//
+// It is not an error when a "**" search below it failed, because the
+// failed attribute may hold the derivations it would match. It is also not
+// an error when another pattern matched a derivation and the names before
+// the pattern's first wildcard are missing from the flake outputs. So the
+// default patterns packages.*.*,checks.*.* accept a flake without checks,
+// while packages.*.typo, or a typo that leaves nothing to build, fails.
+func (e *evaluation) wildcardUnmatchedIsError(ctx context.Context, p attrpath.Pattern, matchedDerivation bool) (bool, string, error) {
+	if e.searchFailedUnder(p) {
+		return false, "attributes it searched failed to evaluate", nil
+	}
+	if !matchedDerivation {
+		return true, "", nil
+	}
+	prefix := p.Prefix()
+	if len(prefix) == 0 {
+		return true, "", nil
+	}
+	found, err := e.selectPath(ctx, prefix)
+	if _, ok := nixMessage(err); ok {
+		// The prefix fails to evaluate, so it is there.
+		return true, "", nil
+	}
+	if err != nil {
+		return false, "", err
+	}
+	if found.Index < len(prefix) {
+		return false, "the flake has no " + attrpath.Join(prefix[:found.Index+1]), nil
+	}
+	return true, "", nil
 }
 
 // hasEntryPoint reports whether an entry point, a derivation or an error,
@@ -106,13 +144,25 @@ func literalPath(p attrpath.Pattern) ([]string, bool) {
 	return path, len(path) > 0
 }
 
-// missingMessage returns why the attribute at path is not a derivation in
-// the flake outputs: a missing attribute along path, or the type of the
-// value at path. It returns "" for a derivation.
-func (e *evaluation) missingMessage(ctx context.Context, path []string) (string, error) {
+// selection is how far an attribute path can be selected in the flake
+// outputs.
+type selection struct {
+	// Index is the number of names selected: the index of the first
+	// missing name, or the length of the path when all are there.
+	Index int `json:"index"`
+	// Kind is the type of the value at the last selected name, as
+	// builtins.typeOf names it, or "derivation".
+	Kind string `json:"kind"`
+}
+
+// selectPath selects the names of path in the flake outputs while the
+// value is an attribute set that is not a derivation. It evaluates the
+// attribute sets along path and the value at the end only as far as its
+// type.
+func (e *evaluation) selectPath(ctx context.Context, path []string) (selection, error) {
 	encoded, err := json.Marshal(path)
 	if err != nil {
-		return "", fmt.Errorf("encode attribute path: %w", err)
+		return selection{}, fmt.Errorf("encode attribute path: %w", err)
 	}
 	expr := "let path = builtins.fromJSON " + nix.QuoteString(string(encoded)) + ";" +
 		` kind = v: if builtins.isAttrs v then (if (v.type or null) == "derivation" then "derivation" else "set") else builtins.typeOf v;` +
@@ -121,29 +171,33 @@ func (e *evaluation) missingMessage(ctx context.Context, path []string) (string,
 		` else { index = i; kind = kind v; };` +
 		" in go " + nix.OutputsExpr(e.url, nil) + " 0"
 
-	var found struct {
-		Index int    `json:"index"`
-		Kind  string `json:"kind"`
-	}
+	var found selection
 	if err := e.nix.EvalJSON(ctx, expr, &found); err != nil {
-		return "", err
+		return selection{}, err
 	}
-	i := found.Index
+	if found.Index < 0 || found.Index > len(path) {
+		return selection{}, fmt.Errorf("select attribute path: nix returned index %d for a path of %d names", found.Index, len(path))
+	}
+	return found, nil
+}
+
+// message returns why path is not a derivation: a missing attribute along
+// path, or the type of the value at path. It returns "" for a derivation.
+func (s selection) message(path []string) string {
+	i := s.Index
 	switch {
-	case i < 0 || i > len(path):
-		return "", fmt.Errorf("find missing attribute: nix returned index %d for a path of %d names", i, len(path))
-	case i == len(path) && found.Kind == "derivation":
-		return "", nil
+	case i == len(path) && s.Kind == "derivation":
+		return ""
 	case i == len(path):
-		return "not a derivation (" + describeType(found.Kind) + ")", nil
-	case found.Kind != "set":
-		return fmt.Sprintf("attribute not found: %s is %s, not an attribute set", attrpath.Join(path[:i]), describeType(found.Kind)), nil
+		return "not a derivation (" + describeType(s.Kind) + ")"
+	case s.Kind != "set":
+		return fmt.Sprintf("attribute not found: %s is %s, not an attribute set", attrpath.Join(path[:i]), describeType(s.Kind))
 	case i == len(path)-1:
-		return "attribute not found", nil
+		return "attribute not found"
 	case i == 0:
-		return fmt.Sprintf("attribute not found: the flake has no output %q", path[0]), nil
+		return fmt.Sprintf("attribute not found: the flake has no output %q", path[0])
 	default:
-		return fmt.Sprintf("attribute not found: %s has no attribute %q", attrpath.Join(path[:i]), path[i]), nil
+		return fmt.Sprintf("attribute not found: %s has no attribute %q", attrpath.Join(path[:i]), path[i])
 	}
 }
 
