@@ -484,15 +484,20 @@ func (s *Store) evict(ctx context.Context, state *gcState, groups [][]string) er
 			return err
 		}
 
+		removed := make([]string, 0, len(group))
+
 		for _, hashPart := range group {
 			s.lastUsed.Delete(hashPart)
 			s.metrics.evictions.Inc()
+			removed = append(removed, state.paths[hashPart].storePath)
 
 			file := state.paths[hashPart].file
 			if users[file]--; users[file] == 0 {
 				freeFiles = append(freeFiles, file)
 			}
 		}
+
+		s.pathsRemoved(removed...)
 
 		if err := s.removeNARFiles(state, freeFiles); err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 // Request results counted by gradient_cache_requests_total.
 const (
 	resultHit    = "hit"    // served from the cache's own files
+	resultPeer   = "peer"   // fetched from a peer (see SetPeers) for this request
 	resultPulled = "pulled" // fetched from an upstream for this request
 	resultMiss   = "miss"   // no upstream holds it
 	resultError  = "error"  // an upstream fault or a local error
@@ -36,7 +37,7 @@ func newMetrics(cacheName string) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "gradient_cache_requests_total",
-			Help:        "Binary cache reads by kind (narinfo, nar) and result (hit, pulled, miss, error).",
+			Help:        "Binary cache reads by kind (narinfo, nar) and result (hit, peer, pulled, miss, error).",
 			ConstLabels: labels,
 		}, []string{"kind", "result"}),
 		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -332,6 +332,8 @@ func (s *Store) checkAndCommitPulled(ctx context.Context, f *narFlight, tmp *os.
 		return err
 	}
 
+	s.pathsAdded(f.info.StorePath)
+
 	s.logger.Info("pulled NAR", "store_path", f.info.StorePath, "nar_file", f.fileName, "file_size", measured.FileSize)
 
 	return nil

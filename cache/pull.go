@@ -67,9 +67,10 @@ var compressionExtensions = map[string]string{
 }
 
 // lookupNarInfo returns the .narinfo file of hashPart from the cache, or
-// pulls it from the upstreams, and reports which of the two it did
-// (resultHit or resultPulled). Errors wrap ErrNotFound for a true miss
-// and ErrUpstreamUnavailable when an upstream failed.
+// fetches it from the peers, or pulls it from the upstreams, in this
+// order, and reports which it did (resultHit, resultPeer or
+// resultPulled). Errors wrap ErrNotFound for a true miss and
+// ErrUpstreamUnavailable when an upstream or a peer fetch failed.
 func (s *Store) lookupNarInfo(ctx context.Context, hashPart string) ([]byte, string, error) {
 	data, err := s.localNarInfo(ctx, hashPart)
 	if err == nil {
@@ -80,16 +81,47 @@ func (s *Store) lookupNarInfo(ctx context.Context, hashPart string) ([]byte, str
 		return nil, "", err
 	}
 
+	// A peer fault is kept, so that a miss of the upstreams is not
+	// answered as final.
+	var peerErr error
+
+	if peers := s.currentPeers(); peers != nil {
+		data, peerErr = s.fetchFromPeers(ctx, peers, hashPart)
+		if peerErr == nil {
+			return data, resultPeer, nil
+		}
+
+		if ctx.Err() != nil {
+			return nil, "", ctx.Err()
+		}
+
+		if errors.Is(peerErr, ErrNotFound) {
+			peerErr = nil
+		}
+	}
+
 	if len(s.currentSettings().upstreams) == 0 || s.negative.contains(hashPart, s.cfg.Clock.Now()) {
-		return nil, "", err
+		return nil, "", missAfterPeers(err, peerErr)
 	}
 
 	data, err = s.pullNarInfo(ctx, hashPart, nil)
 	if err != nil {
-		return nil, "", err
+		return nil, "", missAfterPeers(err, peerErr)
 	}
 
 	return data, resultPulled, nil
+}
+
+// missAfterPeers returns err, the miss of the cache or its upstreams,
+// turned into ErrUpstreamUnavailable when peerErr says a peer fetch
+// failed, so the handler answers 502 in place of a 404 that nix would
+// remember.
+func missAfterPeers(err, peerErr error) error {
+	if peerErr == nil || !errors.Is(err, ErrNotFound) {
+		return err
+	}
+
+	return fmt.Errorf("%w: %w", ErrUpstreamUnavailable, peerErr)
 }
 
 // localNarInfo returns the stored .narinfo file of hashPart when every
@@ -466,6 +498,10 @@ func (s *Store) storePulledNarInfo(info *narinfo.NarInfo, narURL, upstreamURL st
 	})
 	if err != nil {
 		return nil, fmt.Errorf("write narinfo %q: %w", hashPart, err)
+	}
+
+	if haveFile {
+		s.pathsAdded(info.StorePath)
 	}
 
 	return data, nil

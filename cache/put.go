@@ -298,6 +298,8 @@ func (s *Store) storeNarInfo(ni *narinfo.NarInfo, fileName string, record narRec
 		return fmt.Errorf("write narinfo %q: %w", hashPart, err)
 	}
 
+	s.pathsAdded(ni.StorePath)
+
 	return nil
 }
 

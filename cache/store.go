@@ -156,6 +156,9 @@ type Config struct {
 	// GCInterval is how often Run collects garbage. It defaults to one
 	// hour.
 	GCInterval time.Duration
+	// PeerTimeout bounds one fetch from the peers that SetPeers sets,
+	// including the NAR transfer. It defaults to 2 minutes.
+	PeerTimeout time.Duration
 }
 
 // Store is one named binary cache. Its methods are safe for concurrent
@@ -182,6 +185,11 @@ type Store struct {
 	// narInfoFlights makes concurrent pulls of one narinfo share one
 	// upstream fetch, keyed by hash part.
 	narInfoFlights singleflight.Group
+	// peerFlights makes concurrent fetches of one path from the peers
+	// share one fetch, keyed by hash part.
+	peerFlights singleflight.Group
+	// peers is set by SetPeers.
+	peers atomic.Pointer[Peers]
 	// narFlightsMu guards narFlights, the running NAR downloads by file
 	// name.
 	narFlightsMu sync.Mutex
@@ -332,6 +340,10 @@ func (cfg *Config) setDefaults() error {
 
 	if cfg.GCInterval <= 0 {
 		cfg.GCInterval = DefaultGCInterval
+	}
+
+	if cfg.PeerTimeout <= 0 {
+		cfg.PeerTimeout = DefaultPeerTimeout
 	}
 
 	cfg.TrustedProxies = slices.Clone(cfg.TrustedProxies)

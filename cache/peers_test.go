@@ -1,0 +1,307 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/gradient-ci/gradient/protocol"
+)
+
+// fakePeers serves the paths in nars, or returns err, and records the
+// paths the cache reports.
+type fakePeers struct {
+	err  error
+	nars map[string]struct {
+		info protocol.PathInfo
+		nar  []byte
+	}
+
+	mu      sync.Mutex
+	fetches int
+	added   []string
+	removed []string
+}
+
+func (p *fakePeers) FetchHashPart(ctx context.Context, hashPart string, sink protocol.NARSink) error {
+	p.mu.Lock()
+	p.fetches++
+	p.mu.Unlock()
+
+	if p.err != nil {
+		return p.err
+	}
+
+	entry, ok := p.nars[hashPart]
+	if !ok {
+		return fmt.Errorf("fetch %q: %w", hashPart, ErrNotFound)
+	}
+
+	return sink.PutNAR(ctx, entry.info, bytes.NewReader(entry.nar))
+}
+
+func (p *fakePeers) PathsAdded(storePaths ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+
+	p.added = append(p.added, storePaths...)
+}
+
+func (p *fakePeers) PathsRemoved(storePaths ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+
+	p.removed = append(p.removed, storePaths...)
+}
+
+func (p *fakePeers) add(t *testing.T, hashPart, name string, contents []byte) protocol.PathInfo {
+	t.Helper()
+
+	if p.nars == nil {
+		p.nars = map[string]struct {
+			info protocol.PathInfo
+			nar  []byte
+		}{}
+	}
+
+	nar := makeNAR(t, contents)
+	info := pathInfoFor(hashPart, name, nar)
+	p.nars[hashPart] = struct {
+		info protocol.PathInfo
+		nar  []byte
+	}{info, nar}
+
+	return info
+}
+
+func getStatus(t *testing.T, url string) (int, string) {
+	t.Helper()
+
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	return resp.StatusCode, string(body)
+}
+
+func requestCount(t *testing.T, s *Store, kind, result string) float64 {
+	t.Helper()
+
+	rows, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, row := range rows {
+		if row.Name == "gradient_cache_requests_total" && row.Labels["kind"] == kind && row.Labels["result"] == result {
+			return row.Value
+		}
+	}
+
+	return 0
+}
+
+func TestPeersServeMissBeforeUpstreams(t *testing.T) {
+	u := newFakeUpstream(t)
+	s, srv := newPullStore(t, u, nil)
+
+	peers := &fakePeers{}
+	info := peers.add(t, hashFor(1), "from-peer", []byte("peer"))
+	s.SetPeers(peers)
+
+	code, body := getStatus(t, srv.URL+"/"+hashFor(1)+".narinfo")
+	if code != http.StatusOK {
+		t.Fatalf("GET narinfo = %d %q, want 200", code, body)
+	}
+
+	ni, err := parseNarInfoString(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if ni.StorePath != info.StorePath {
+		t.Errorf("narinfo StorePath = %q, want %q", ni.StorePath, info.StorePath)
+	}
+
+	if got := u.getCount("/" + hashFor(1) + ".narinfo"); got != 0 {
+		t.Errorf("upstream narinfo GETs = %d, want 0", got)
+	}
+
+	if got := requestCount(t, s, "narinfo", resultPeer); got != 1 {
+		t.Errorf("narinfo requests with result peer = %v, want 1", got)
+	}
+
+	if code, _ := getStatus(t, srv.URL+"/"+ni.URL); code != http.StatusOK {
+		t.Errorf("GET %s = %d, want 200", ni.URL, code)
+	}
+
+	if !slices.Equal(peers.added, []string{info.StorePath}) {
+		t.Errorf("PathsAdded got %q, want %q", peers.added, info.StorePath)
+	}
+}
+
+func TestPeersMissGoesToUpstreams(t *testing.T) {
+	u := newFakeUpstream(t)
+	s, srv := newPullStore(t, u, nil)
+	s.SetPeers(&fakePeers{})
+
+	u.addPath(hashFor(2), "upstream-only", []byte("up"))
+
+	code, body := getStatus(t, srv.URL+"/"+hashFor(2)+".narinfo")
+	if code != http.StatusOK {
+		t.Fatalf("GET narinfo = %d %q, want 200 from the upstream", code, body)
+	}
+
+	if got := requestCount(t, s, "narinfo", resultPulled); got != 1 {
+		t.Errorf("narinfo requests with result pulled = %v, want 1", got)
+	}
+}
+
+func TestPeersAnswers(t *testing.T) {
+	fault := errors.New("stream reset")
+
+	tests := []struct {
+		name     string
+		peerErr  error
+		upstream bool
+		want     int
+	}{
+		{"miss everywhere", nil, true, http.StatusNotFound},
+		{"miss without upstreams", nil, false, http.StatusNotFound},
+		{"peer fault and upstream miss", fault, true, http.StatusBadGateway},
+		{"peer fault without upstreams", fault, false, http.StatusBadGateway},
+		{"peer timeout", context.DeadlineExceeded, false, http.StatusGatewayTimeout},
+	}
+
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var s *Store
+
+			srv := (*httptest.Server)(nil)
+			if tc.upstream {
+				s, srv = newPullStore(t, newFakeUpstream(t), nil)
+			} else {
+				s = newTestStore(t, nil)
+				srv = httptest.NewServer(s.Handler(HandlerOptions{}))
+				t.Cleanup(srv.Close)
+			}
+
+			s.SetPeers(&fakePeers{err: tc.peerErr})
+
+			if code, body := getStatus(t, srv.URL+"/"+hashFor(3)+".narinfo"); code != tc.want {
+				t.Errorf("GET narinfo = %d %q, want %d", code, body, tc.want)
+			}
+		})
+	}
+}
+
+func TestPeersNotAskedForStoredPath(t *testing.T) {
+	s := newTestStore(t, nil)
+	putPath(t, s, hashFor(4), "stored", 100)
+
+	peers := &fakePeers{}
+	s.SetPeers(peers)
+
+	srv := httptest.NewServer(s.Handler(HandlerOptions{}))
+	t.Cleanup(srv.Close)
+
+	if code, _ := getStatus(t, srv.URL+"/"+hashFor(4)+".narinfo"); code != http.StatusOK {
+		t.Fatalf("GET narinfo = %d, want 200", code)
+	}
+
+	if peers.fetches != 0 {
+		t.Errorf("peer fetches = %d, want 0", peers.fetches)
+	}
+}
+
+func TestOpenNAR(t *testing.T) {
+	s := newTestStore(t, nil)
+	ctx := context.Background()
+	putPath(t, s, hashFor(5), "open", 100)
+
+	info, err := s.NarInfo(ctx, hashFor(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	f, size, err := s.OpenNAR(ctx, info.URL)
+	if err != nil {
+		t.Fatalf("OpenNAR(%q): %v", info.URL, err)
+	}
+
+	data, err := io.ReadAll(f)
+	f.Close()
+
+	if err != nil || int64(len(data)) != size || uint64(size) != info.FileSize {
+		t.Errorf("OpenNAR(%q) read %d bytes, size %d, %v, want FileSize %d", info.URL, len(data), size, err, info.FileSize)
+	}
+
+	for _, url := range []string{
+		"nar/" + hashFor(1) + hashFor(1)[:20] + ".nar.zst",
+		"nar/../../etc/passwd",
+		"nix-cache-info",
+		"",
+	} {
+		if _, _, err := s.OpenNAR(ctx, url); !errors.Is(err, ErrNotFound) {
+			t.Errorf("OpenNAR(%q) = %v, want ErrNotFound", url, err)
+		}
+	}
+}
+
+func TestStorePathsSkipsPendingPulls(t *testing.T) {
+	u := newFakeUpstream(t)
+	s, srv := newPullStore(t, u, nil)
+	ctx := context.Background()
+
+	putPath(t, s, hashFor(6), "uploaded", 100)
+	u.addPath(hashFor(7), "pulled", []byte("pulled"))
+
+	if code, _ := getStatus(t, srv.URL+"/"+hashFor(7)+".narinfo"); code != http.StatusOK {
+		t.Fatalf("GET pulled narinfo = %d, want 200", code)
+	}
+
+	var got []string
+	if err := s.StorePaths(ctx, func(p string) error { got = append(got, p); return nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	if want := []string{"/nix/store/" + hashFor(6) + "-uploaded"}; !slices.Equal(got, want) {
+		t.Errorf("StorePaths = %q, want %q before the pulled NAR is downloaded", got, want)
+	}
+}
+
+func TestGCReportsRemovedPaths(t *testing.T) {
+	s := newTestStore(t, nil)
+	ctx := context.Background()
+	peers := &fakePeers{}
+	s.SetPeers(peers)
+
+	putPath(t, s, hashFor(8), "old", 1000)
+
+	if _, err := s.UpdateSettings(ctx, SettingsUpdate{MaxSize: ptr(int64(1))}); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := s.GC(ctx, GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	want := []string{"/nix/store/" + hashFor(8) + "-old"}
+	if !slices.Equal(peers.removed, want) {
+		t.Errorf("PathsRemoved got %q, want %q", peers.removed, want)
+	}
+}
