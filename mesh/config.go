@@ -27,6 +27,8 @@ const (
 	DefaultBlockDuration       = time.Hour
 	DefaultMaxServeStreams     = 16
 	DefaultPingInterval        = 30 * time.Second
+	DefaultMaxReferenceDepth   = 64
+	DefaultMaxClosurePaths     = 4096
 )
 
 // ErrInvalidConfig is wrapped by Config.Validate errors.
@@ -77,6 +79,13 @@ type Config struct {
 	// MaxServeStreams bounds the NAR streams served at once. It defaults
 	// to 16; further requests get an error and the peer tries elsewhere.
 	MaxServeStreams int
+	// MaxReferenceDepth bounds how deep a fetch follows the references
+	// that the sink lacks, which it fetches before the path. It defaults
+	// to 64.
+	MaxReferenceDepth int
+	// MaxClosurePaths bounds the references that one fetch copies before
+	// the requested path. It defaults to 4096.
+	MaxClosurePaths int
 
 	// Reannounce is how long after an announcement a path is announced
 	// again. It defaults to half the federation's record lifetime.
@@ -118,6 +127,8 @@ func (cfg *Config) setDefaults() {
 	setDefault(&cfg.MaxNARSize, DefaultMaxNARSize)
 	setDefault(&cfg.MaxProviders, DefaultMaxProviders)
 	setDefault(&cfg.MaxServeStreams, DefaultMaxServeStreams)
+	setDefault(&cfg.MaxReferenceDepth, DefaultMaxReferenceDepth)
+	setDefault(&cfg.MaxClosurePaths, DefaultMaxClosurePaths)
 	setDefault(&cfg.AnnounceBatch, DefaultAnnounceBatch)
 	setDefault(&cfg.AnnounceConcurrency, DefaultAnnounceConcurrency)
 	setDefault(&cfg.AnnounceTimeout, DefaultAnnounceTimeout)
@@ -176,6 +187,7 @@ func (cfg Config) Validate() error {
 
 	for name, n := range map[string]int64{
 		"MaxNARSize": cfg.MaxNARSize, "MaxProviders": int64(cfg.MaxProviders), "MaxServeStreams": int64(cfg.MaxServeStreams),
+		"MaxReferenceDepth": int64(cfg.MaxReferenceDepth), "MaxClosurePaths": int64(cfg.MaxClosurePaths),
 		"AnnounceBatch": int64(cfg.AnnounceBatch), "AnnounceConcurrency": int64(cfg.AnnounceConcurrency),
 	} {
 		if n < 0 {

@@ -39,7 +39,10 @@ const maxDecoderWindow = 64 << 20
 // sink, which verifies it again and stores it. It tries hints first, such
 // as the peer that announced it built the path, then the providers that
 // FindProviders returns. A peer that serves bad data is blocked and the
-// next one tried. It returns the peer that served the path, or an error
+// next one tried. Before the path, it copies the references that sink
+// lacks in the same way, within Config.MaxReferenceDepth and
+// Config.MaxClosurePaths, because a sink such as cache.Store takes a path
+// only after its references. It returns the peer that served the path, or an error
 // wrapping ErrNotFound when no peer served it, so the caller goes on to
 // its upstreams. An error of sink other than a verification failure ends
 // the fetch.
@@ -63,9 +66,26 @@ func (n *Node) FetchHashPart(ctx context.Context, hashPart string, sink protocol
 	return n.fetch(ctx, hashPart, "", sink, hints)
 }
 
+// closure bounds the references that one Fetch copies before the path
+// itself.
+type closure struct {
+	// depth is the number of references between the requested path and
+	// the one being fetched.
+	depth int
+	// remaining is the number of paths that may still be fetched.
+	remaining *int
+}
+
 // fetch implements Fetch and FetchHashPart. storePath is empty when only
 // the hash part is known.
 func (n *Node) fetch(ctx context.Context, hashPart, storePath string, sink protocol.NARSink, hints []peer.ID) (peer.ID, error) {
+	remaining := n.cfg.MaxClosurePaths
+	return n.fetchInClosure(ctx, hashPart, storePath, sink, hints, closure{remaining: &remaining})
+}
+
+// fetchInClosure fetches one path of a closure: the requested path when
+// cl.depth is zero, or one of its references.
+func (n *Node) fetchInClosure(ctx context.Context, hashPart, storePath string, sink protocol.NARSink, hints []peer.ID, cl closure) (peer.ID, error) {
 	name := storePath
 	if name == "" {
 		name = hashPart
@@ -86,6 +106,19 @@ func (n *Node) fetch(ctx context.Context, hashPart, storePath string, sink proto
 			tried[id] = true
 
 			err := n.fetchFrom(ctx, id, storePath, hashPart, sink)
+
+			// The sink takes a path only after its references, so fetch
+			// them first, preferably from the same peer, and ask again.
+			var missing *missingReferencesError
+			if errors.As(err, &missing) {
+				refHints := append([]peer.ID{id}, hints...)
+				if err := n.fetchReferences(ctx, missing.refs, sink, refHints, cl); err != nil {
+					return "", fmt.Errorf("fetch %q from the mesh: %w", name, err)
+				}
+
+				err = n.fetchFrom(ctx, id, storePath, hashPart, sink)
+			}
+
 			switch {
 			case err == nil:
 				n.metrics.fetches.WithLabelValues(fetchFetched).Inc()
@@ -124,6 +157,84 @@ func (n *Node) fetch(ctx context.Context, hashPart, storePath string, sink proto
 
 // errSink marks an error of the sink that is not about the data.
 var errSink = errors.New("storing the path failed")
+
+// ErrClosureTooLarge is wrapped when the references that a fetch would
+// copy first exceed Config.MaxClosurePaths or Config.MaxReferenceDepth.
+var ErrClosureTooLarge = errors.New("closure exceeds the fetch limits")
+
+// missingReferencesError is returned by fetchFrom when the sink lacks
+// references of the path. The stream is closed before the NAR.
+type missingReferencesError struct {
+	refs []string
+}
+
+func (e *missingReferencesError) Error() string {
+	return fmt.Sprintf("%d references are missing", len(e.refs))
+}
+
+// fetchReferences fetches the store paths refs into sink, each with its
+// own missing references, within the limits of cl. A reference that no
+// peer serves ends the fetch with an error wrapping ErrNotFound.
+func (n *Node) fetchReferences(ctx context.Context, refs []string, sink protocol.NARSink, hints []peer.ID, cl closure) error {
+	if cl.depth+1 > n.cfg.MaxReferenceDepth {
+		return fmt.Errorf("%w: references nest deeper than %d", ErrClosureTooLarge, n.cfg.MaxReferenceDepth)
+	}
+
+	for _, ref := range refs {
+		// An earlier reference may have brought this one along.
+		have, err := sink.HasPath(ctx, ref)
+		if err != nil {
+			return fmt.Errorf("%w: %w", errSink, err)
+		}
+
+		if have {
+			continue
+		}
+
+		if *cl.remaining <= 0 {
+			return fmt.Errorf("%w: more than %d paths", ErrClosureTooLarge, n.cfg.MaxClosurePaths)
+		}
+
+		*cl.remaining--
+
+		_, base, err := narinfo.SplitStorePath(ref)
+		if err != nil {
+			return fmt.Errorf("reference %q: %w", ref, err)
+		}
+
+		if _, err := n.fetchInClosure(ctx, narinfo.HashPart(base), ref, sink, hints, closure{depth: cl.depth + 1, remaining: cl.remaining}); err != nil {
+			return fmt.Errorf("reference %q: %w", ref, err)
+		}
+	}
+
+	return nil
+}
+
+// missingReferences returns the references of info, other than the path
+// itself, that sink does not hold, as store paths.
+func missingReferences(ctx context.Context, info *narinfo.NarInfo, sink protocol.NARSink) ([]string, error) {
+	storeDir := path.Dir(info.StorePath)
+	self := path.Base(info.StorePath)
+
+	var missing []string
+
+	for _, ref := range info.References {
+		if ref == self {
+			continue
+		}
+
+		have, err := sink.HasPath(ctx, storeDir+"/"+ref)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errSink, err)
+		}
+
+		if !have {
+			missing = append(missing, storeDir+"/"+ref)
+		}
+	}
+
+	return missing, nil
+}
 
 func (n *Node) block(id peer.ID) {
 	now := n.cfg.Now()
@@ -179,6 +290,17 @@ func (n *Node) fetchFrom(ctx context.Context, id peer.ID, storePath, hashPart st
 	if err != nil {
 		s.Reset()
 		return err
+	}
+
+	missing, err := missingReferences(ctx, info, sink)
+	if err != nil {
+		s.Reset()
+		return err
+	}
+
+	if len(missing) > 0 {
+		s.Reset()
+		return &missingReferencesError{refs: missing}
 	}
 
 	nar, err := newVerifiedNAR(io.LimitReader(r, resp.FileSize), info, resp.FileSize)

@@ -74,8 +74,8 @@ func (c *memCache) HasPath(_ context.Context, storePath string) (bool, error) {
 	return ok, nil
 }
 
-// PutNAR reads the NAR, checks it as cache.Store does and stores it
-// signed by c's key.
+// PutNAR checks the references, reads the NAR, checks it as cache.Store
+// does and stores it signed by c's key.
 func (c *memCache) PutNAR(_ context.Context, info protocol.PathInfo, nar io.Reader) error {
 	data, err := io.ReadAll(io.LimitReader(nar, int64(info.NarSize)+1))
 	if err != nil {
@@ -91,6 +91,11 @@ func (c *memCache) PutNAR(_ context.Context, info protocol.PathInfo, nar io.Read
 	}
 	var refs []string
 	for _, ref := range info.References {
+		if ref != info.StorePath {
+			if have, _ := c.HasPath(context.Background(), ref); !have {
+				return fmt.Errorf("put %q: %w: %q", info.StorePath, cache.ErrMissingReference, ref)
+			}
+		}
 		refs = append(refs, path.Base(ref))
 	}
 	c.put(info.StorePath, data, refs, c.key)
