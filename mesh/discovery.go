@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -18,13 +19,17 @@ const mdnsService = "_gradient-mesh._udp"
 // peers again.
 const bootstrapRetry = 30 * time.Second
 
-// bootstrapLoop connects to the bootstrap peers at start and whenever the
-// node has no peers, and refreshes the DHT's routing table after each
-// round that connected.
+// bootstrapLoop connects to the bootstrap peers and those that AddPeer
+// added, at start and whenever the node has no peers, and refreshes the
+// DHT's routing table after each round that connected.
 func (n *Node) bootstrapLoop(ctx context.Context) {
-	infos, _ := parseBootstrap(n.cfg.Bootstrap)
+	bootstrap, _ := parseBootstrap(n.cfg.Bootstrap)
 
 	for {
+		n.mu.Lock()
+		infos := append(slices.Clone(bootstrap), n.extraPeers...)
+		n.mu.Unlock()
+
 		if len(n.host.Network().Peers()) == 0 && len(infos) > 0 {
 			connected := 0
 

@@ -101,6 +101,9 @@ type Node struct {
 	// ownBuilds are the local builds announced with StartBuild, by
 	// derivation, with their expected end.
 	ownBuilds map[string]time.Time
+	// extraPeers are the peers that AddPeer added, dialled again like
+	// the bootstrap peers.
+	extraPeers []peer.AddrInfo
 }
 
 // New creates the node's host, DHT, GossipSub router and NAR stream
