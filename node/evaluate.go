@@ -225,7 +225,7 @@ func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Buil
 			InputDrvs: b.InputDrvs,
 			Outputs:   outputPaths(b.Outputs),
 			// NOTE: the size of a build that has not run yet is 0, not an
-			// estimate, so the scheduler sees no cost in fetching it.
+			// estimate, so the scheduler counts no cost for fetching it.
 			OutputSize: b.OutputSize,
 			Cached:     b.Status.Finished(),
 		})

@@ -12,7 +12,7 @@ import (
 )
 
 // MaxLogSize bounds the bytes of one derivation's build log, all attempts
-// together. Output past it is dropped, and the log says so.
+// together. Output past it is dropped after a line that reports the cut.
 const MaxLogSize = 64 << 20
 
 // logStore keeps one build log file per derivation, named after the .drv
@@ -45,7 +45,7 @@ func (s *logStore) logFile(drvPath string) (string, error) {
 }
 
 // Open opens the derivation's log for appending and writes a line that
-// says a new attempt started at now on workerID, so the output of an
+// marks the start of a new attempt at now on workerID, so the output of an
 // earlier attempt, such as one cut off by a crash, stays readable above
 // it. The caller closes the returned log.
 func (s *logStore) Open(drvPath string, now time.Time, workerID string) (*buildLog, error) {
@@ -79,7 +79,7 @@ func (s *logStore) Open(drvPath string, now time.Time, workerID string) (*buildL
 }
 
 // buildLog is one attempt's writer of a build log. It drops output past
-// the log's size limit and writes, once, a line that says so. The short
+// the log's size limit and writes, once, a line that reports the cut. The short
 // lines it writes itself may take the file a little past the limit.
 type buildLog struct {
 	f *os.File

@@ -89,8 +89,8 @@ func TestLogSizeLimit(t *testing.T) {
 		t.Errorf("log size = %d, want at most the limit plus the notice", len(got))
 	}
 
-	// A later attempt still says that it started, and that its output was
-	// dropped.
+	// A later attempt still writes its start line, and a notice that its
+	// output was dropped.
 	writeAttempt(t, s, start.Add(time.Minute), "w2", "more output\n")
 	got = readLog(t, s)
 	if !strings.Contains(got, "on worker w2\n") || strings.Contains(got, "more output") {

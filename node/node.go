@@ -238,7 +238,7 @@ func (n *Node) serve(ctx context.Context, cancel context.CancelFunc, ln net.List
 
 // localWorker returns the session configuration of the in-process
 // worker. When there is none, because it is disabled or nix is not on
-// PATH, it returns nil and the reason, which says how to get a worker. A
+// PATH, it returns nil and the reason, with how to get a worker. A
 // nix binary that does not run `nix --version` is an error, so a wrong
 // --nix fails the start rather than the first evaluation.
 func (n *Node) localWorker(ctx context.Context, records *db.DB, cacheURL, publicKey string) (*protocol.ServeConfig, string, error) {

@@ -51,8 +51,8 @@ func unsupportedMessage(system string, features []string) string {
 }
 
 // expireUnsupported fails each derivation that waited for a worker with
-// its system and features for longer than the timeout, and forgets those
-// that a worker can build by now. Called on the Run goroutine.
+// its system and features for longer than the timeout, and stops tracking
+// those that a worker can build by now. Called on the Run goroutine.
 func (d *driver) expireUnsupported(ctx context.Context) {
 	d.pruneUnsupported()
 	now := d.now()

@@ -34,7 +34,7 @@ func TestServeRejectsMissingNix(t *testing.T) {
 }
 
 // TestNoWorkerEvaluationSaysWhy starts a node with --no-worker and no
-// remote worker: the queued evaluation says why it waits.
+// remote worker: the queued evaluation reports why it waits.
 func TestNoWorkerEvaluationSaysWhy(t *testing.T) {
 	n := startNode(t, filepath.Join(t.TempDir(), "data"), storeDir(t, "unused-store"), "--no-worker")
 	n.mustCLI("project", "create", "demo/idle", "--flake", writeFlake(t, slowFlake))
