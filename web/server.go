@@ -18,6 +18,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/mesh"
 )
 
 // Evaluator starts evaluations. The node implements it.
@@ -80,6 +81,8 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	router chi.Router
+	// mesh is set by AddMesh.
+	mesh Mesh
 }
 
 // New returns a Server for cfg.
@@ -104,6 +107,7 @@ func New(cfg Config) *Server {
 	if cfg.Metrics != nil {
 		r.Handle("/metrics", cfg.Metrics)
 	}
+	r.Get(mesh.WellKnownPath, s.getWellKnown)
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(s.requireToken)
 		r.Get("/orgs", s.listOrgs)
@@ -120,6 +124,7 @@ func New(cfg Config) *Server {
 		r.Get("/caches", s.listCaches)
 		r.Get("/caches/{name}", s.getCache)
 		s.cacheRoutes(r)
+		s.meshRoutes(r)
 		if cfg.Workers != nil {
 			r.Post("/workers", s.registerWorker)
 			r.Get("/workers", s.listWorkers)
