@@ -90,6 +90,7 @@ func newRootCommand() *cobra.Command {
 		newCacheCommand(cf),
 		newSimCommand(),
 		newWorkerCommand(cf),
+		newMeshCommand(cf),
 	)
 	return root
 }

@@ -68,5 +68,9 @@ func newServeCommand(cf *clientFlags) *cobra.Command {
 	f.DurationVar(&unsupportedTimeout, "unsupported-timeout", node.DefaultUnsupportedTimeout,
 		"how long a build waits for a connected worker with its system and required features before it fails; 0 fails it at once")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringSliceVar(&cfg.Mesh.Listen, "mesh-listen", nil, "libp2p multiaddr the mesh listens on, such as /ip4/0.0.0.0/udp/4001/quic-v1; without it the mesh is off (repeat or separate with commas)")
+	f.StringSliceVar(&cfg.Mesh.Bootstrap, "mesh-bootstrap", nil, "multiaddr of a member node ending in /p2p/<peer ID> (repeat or separate with commas)")
+	f.StringVar(&cfg.Mesh.FederationFile, "mesh-federation", "", "federation JSON file of the mesh (default DATA_DIR/mesh-federation.json)")
+	f.BoolVar(&cfg.Mesh.MDNS, "mesh-mdns", false, "find mesh members on the local network by multicast DNS")
 	return c
 }

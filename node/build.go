@@ -167,10 +167,12 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, w protocol.Worker, a sc
 	log := d.log.With("job_id", a.JobID, "worker_id", a.WorkerID)
 	for i, drv := range a.DrvPaths {
 		_ = d.post(nodeCtx, func(context.Context) { d.buildStarted(a.JobID, a.WorkerID, drv, i == 0) })
+		d.mesh.buildStarted(nodeCtx, drv, jobETA(a))
 		res, err := d.buildRetryingDeclines(jobCtx, log, w, a.WorkerID, drv)
 		if nodeCtx.Err() != nil {
 			return
 		}
+		d.mesh.buildEnded(nodeCtx, drv, meshBuildEvent(err), outputsByName(res))
 		var be *protocol.BuildError
 		switch {
 		case err == nil:

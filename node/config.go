@@ -62,6 +62,10 @@ type Config struct {
 	// after its context is cancelled. Default 10 s.
 	ShutdownTimeout time.Duration
 
+	// Mesh configures the federated peer-to-peer cache, which is off
+	// unless Mesh.Listen is set.
+	Mesh MeshConfig
+
 	Logger *slog.Logger
 }
 

@@ -56,6 +56,8 @@ type driver struct {
 	wg        sync.WaitGroup
 	// evalPool lists the connected workers that evaluate.
 	evalPool *workerPool
+	// mesh is set by startMesh before Run, and nil without the mesh.
+	mesh *meshLink
 
 	// The fields below are used only by the Run goroutine.
 	sched *scheduler.Scheduler

@@ -162,6 +162,12 @@ func (n *Node) Run(ctx context.Context) error {
 	})
 	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second}
 
+	meshLink, err := n.startMesh(ctx, store, drv, metrics, srv)
+	if err != nil {
+		return err
+	}
+	defer meshLink.stop()
+
 	n.log.Info("node started", "listen", addr, "data_dir", cfg.DataDir,
 		"substituter", cacheURL, "public_key", store.PublicKey())
 	return n.serve(ctx, cancel, ln, httpSrv, drv, store, hub, local)
