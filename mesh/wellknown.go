@@ -55,7 +55,7 @@ func (n *Node) WellKnown() WellKnown {
 // ProbeUpstream requests WellKnownPath at the scheme and host of
 // upstreamURL, such as "http://ci.example.org/cache/main", and returns
 // the peer that it names. It returns an error wrapping ErrNotGradient
-// when the server answers 404 or with a document that is not a
+// when the server returns 404 or a document that is not a
 // WellKnown, and another error when the request fails. The document is
 // untrusted: its peer ID is checked only when a connection is made.
 func ProbeUpstream(ctx context.Context, client *http.Client, upstreamURL string) (peer.AddrInfo, WellKnown, error) {

@@ -216,8 +216,8 @@ func (l *meshLink) announceStored(ctx context.Context) {
 	l.log.Info("announcing the cached paths", "paths", count)
 }
 
-// probeUpstreams asks each upstream of the cache for
-// /.well-known/gradient and adds the Gradient nodes among them as peers.
+// probeUpstreams requests /.well-known/gradient from each upstream of the
+// cache and adds the Gradient nodes among them as peers.
 func (l *meshLink) probeUpstreams(ctx context.Context) {
 	client := &http.Client{Timeout: meshProbeTimeout}
 
@@ -471,7 +471,7 @@ func (d *driver) wantsDerivation(drvPath string) bool {
 }
 
 // fetchPeerOutputs copies the outputs of a peer's build into the cache
-// and then tells the scheduler that the derivation is built. When a fetch
+// and then reports the derivation as built to the scheduler. When a fetch
 // fails, the derivation stays postponed until its wait runs out, and the
 // node builds it then.
 func (d *driver) fetchPeerOutputs(ctx context.Context, notice mesh.BuildNotice) {

@@ -44,7 +44,7 @@ type MeshTrustRequest struct {
 	Org string `json:"org,omitempty"`
 }
 
-// MeshTrustResponse is the answer to POST /api/v1/mesh/trust.
+// MeshTrustResponse is the response to POST /api/v1/mesh/trust.
 type MeshTrustResponse struct {
 	Org string `json:"org"`
 	// File is the federation file the node saved.
@@ -69,7 +69,7 @@ type MeshBuilding struct {
 	ETA    time.Time `json:"eta"`
 }
 
-// AddMesh serves the mesh endpoints with m. Without it they answer 503.
+// AddMesh serves the mesh endpoints with m. Without it they return 503.
 // Call it before the server handles requests; it is not safe for
 // concurrent use with ServeHTTP.
 func (s *Server) AddMesh(m Mesh) {
