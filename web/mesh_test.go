@@ -25,7 +25,9 @@ func (m *fakeMesh) Status() mesh.Status {
 	return mesh.Status{PeerID: "12D3KooWpeer", Addrs: []string{"/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWpeer"}, CachePublicKey: "a-1:key"}
 }
 
-func (m *fakeMesh) Peers() []mesh.PeerInfo { return []mesh.PeerInfo{{PeerID: "12D3KooWother", Org: "b"}} }
+func (m *fakeMesh) Peers() []mesh.PeerInfo {
+	return []mesh.PeerInfo{{PeerID: "12D3KooWother", Org: "b"}}
+}
 
 func (m *fakeMesh) WellKnown() mesh.WellKnown {
 	return mesh.WellKnown{PeerID: "12D3KooWpeer", CachePublicKey: "a-1:key"}
