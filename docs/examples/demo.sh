@@ -11,7 +11,8 @@ export GRADIENT_DATA_DIR=$data GRADIENT_SERVER=http://$listen
 gradient=$PWD/bin/gradient
 
 mkdir -p "$data"
-"$gradient" serve --listen "$listen" --worker-store "$data/worker-store" >>"$data/node.log" 2>&1 &
+# The example needs nothing from cache.nixos.org, so the demo runs offline.
+"$gradient" serve --listen "$listen" --worker-store "$data/worker-store" --no-default-upstream >>"$data/node.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do
 	[ -s "$data/admin-token" ] && "$gradient" cache show main >/dev/null 2>&1 && break
