@@ -35,6 +35,13 @@ func (s *Store) NarInfo(ctx context.Context, hashPart string) (*narinfo.NarInfo,
 
 // narInfoBytes returns the stored .narinfo file of hashPart.
 func (s *Store) narInfoBytes(ctx context.Context, hashPart string) ([]byte, error) {
+	return s.readNarInfo(ctx, hashPart, false)
+}
+
+// readNarInfo returns the stored .narinfo file of hashPart. With
+// wantClosure set, a narinfo that names a reference the cache does not
+// hold is reported as not found, in the same read transaction.
+func (s *Store) readNarInfo(ctx context.Context, hashPart string, wantClosure bool) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -52,8 +59,23 @@ func (s *Store) narInfoBytes(ctx context.Context, hashPart string) ([]byte, erro
 		}
 
 		data, err = item.ValueCopy(nil)
+		if err != nil || !wantClosure {
+			return err
+		}
 
-		return err
+		for _, ref := range referencesOf(data) {
+			if len(ref) < narinfo.HashPartLen {
+				return fmt.Errorf("stored narinfo has an invalid reference %q", ref)
+			}
+
+			if refHash := string(ref[:narinfo.HashPartLen]); refHash != hashPart {
+				if _, err := txn.Get(s.narInfoKey(refHash)); err != nil {
+					return err
+				}
+			}
+		}
+
+		return nil
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, fmt.Errorf("read narinfo %q: %w: %w", hashPart, ErrNotFound, err)

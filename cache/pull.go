@@ -128,47 +128,9 @@ func missAfterPeers(err, peerErr error) error {
 // reference it names is stored too, and records the read for retention.
 // A narinfo with a missing reference is reported as not found.
 func (s *Store) localNarInfo(ctx context.Context, hashPart string) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-
-	if !narinfo.IsHashPart(hashPart) {
-		return nil, fmt.Errorf("read narinfo %q: %w: invalid hash part", hashPart, ErrNotFound)
-	}
-
-	var data []byte
-
-	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(s.narInfoKey(hashPart))
-		if err != nil {
-			return err
-		}
-
-		data, err = item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-
-		for _, ref := range referencesOf(data) {
-			if len(ref) < narinfo.HashPartLen {
-				return fmt.Errorf("stored narinfo has an invalid reference %q", ref)
-			}
-
-			if refHash := string(ref[:narinfo.HashPartLen]); refHash != hashPart {
-				if _, err := txn.Get(s.narInfoKey(refHash)); err != nil {
-					return err
-				}
-			}
-		}
-
-		return nil
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, fmt.Errorf("read narinfo %q: %w", hashPart, ErrNotFound)
-	}
-
+	data, err := s.readNarInfo(ctx, hashPart, true)
 	if err != nil {
-		return nil, fmt.Errorf("read narinfo %q: %w", hashPart, err)
+		return nil, err
 	}
 
 	s.markUsed(hashPart)
