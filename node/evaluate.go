@@ -243,6 +243,7 @@ func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Buil
 		d.failEvaluation(e, "schedule derivation graph: "+err.Error())
 		return
 	}
+	d.adoptSharedResults(ae)
 	d.apply(ctx, decisions)
 
 	workers := make([]*protocol.RemoteWorker, 0, len(d.workers))
@@ -250,6 +251,38 @@ func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Buil
 		workers = append(workers, w)
 	}
 	d.queryStores(ctx, workers)
+}
+
+// adoptSharedResults copies into ae the outcome of every derivation that
+// another live evaluation already built or failed: the scheduler holds one
+// record per derivation and reports an outcome only once, when it happens.
+// Called on the Run goroutine, before the decisions of AddGraph are
+// applied, so that an evaluation done at once is stored with its outcomes.
+func (d *driver) adoptSharedResults(ae *activeEval) {
+	now := d.now().UTC()
+	for _, b := range ae.builds {
+		if b.Status.Finished() {
+			continue
+		}
+		st, ok := d.sched.Status(b.DrvPath)
+		if !ok {
+			continue
+		}
+		switch st.State {
+		case scheduler.StateBuilt:
+			b.Status = db.BuildSucceeded
+		case scheduler.StateFailed:
+			b.Status = db.BuildFailed
+			b.Error = st.FailReason
+		case scheduler.StateDependencyFailed:
+			b.Status = db.BuildDependencyFailed
+			b.FailedDependency = st.FailedDep
+		default:
+			continue
+		}
+		b.FinishedAt = &now
+		d.putBuild(b)
+	}
 }
 
 // finishEvaluation stores the final state of an evaluation: failed when an

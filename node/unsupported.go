@@ -156,7 +156,13 @@ func (d *driver) endFailedByNode(ctx context.Context) {
 	}
 	slices.Sort(done)
 	for _, id := range done {
-		d.finishEvaluation(id, d.active[id])
+		// Applying the decisions of an earlier CancelEvaluation may have
+		// finished this evaluation already.
+		ae, ok := d.active[id]
+		if !ok {
+			continue
+		}
+		d.finishEvaluation(id, ae)
 		decisions, err := d.sched.CancelEvaluation(db.FormatID(id), d.now())
 		if err != nil {
 			d.log.Error("scheduler could not drop a finished evaluation", "evaluation_id", id, "err", err)
