@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/gradient-ci/gradient/internal/attrpath"
@@ -270,6 +271,11 @@ func (e *evaluation) fail(path []string, err error) error {
 		return err
 	}
 	if len(path) == 0 {
+		if strings.Contains(message, "flake input") && strings.Contains(message, "pure mode") {
+			// Like Hydra, the worker evaluates in pure mode and writes no
+			// lock file, so every input must be locked in flake.lock.
+			return fmt.Errorf("evaluate flake outputs of %q: %w (an input is missing from flake.lock: run 'nix flake lock' in the flake and commit flake.lock)", e.url, err)
+		}
 		return fmt.Errorf("evaluate flake outputs of %q: %w", e.url, err)
 	}
 	if !e.named(path) {

@@ -192,6 +192,28 @@ func TestEvaluateBrokenOutputs(t *testing.T) {
 	}
 }
 
+func TestEvaluateUnlockedInput(t *testing.T) {
+	requireNix(t)
+	dep := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dep, "flake.nix"), []byte(`{ outputs = { self }: { }; }`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	flake := `{ inputs.dep.url = "path:` + dep + `"; outputs = { self, dep }: { }; }`
+	if err := os.WriteFile(filepath.Join(dir, "flake.nix"), []byte(flake), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := newTestWorker(t, chrootStore(t))
+
+	_, err := w.Evaluate(t.Context(), protocol.EvalRequest{FlakeRef: "path:" + dir, EntryPoints: []string{"packages.*.*"}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "run 'nix flake lock'") {
+		t.Errorf("Evaluate(input without flake.lock) = %v, want an error that says to run nix flake lock", err)
+	}
+	if _, statErr := os.Stat(filepath.Join(dir, "flake.lock")); statErr == nil {
+		t.Errorf("Evaluate wrote flake.lock into the source directory")
+	}
+}
+
 func TestEvaluateGit(t *testing.T) {
 	requireNix(t)
 	if _, err := exec.LookPath("git"); err != nil {
