@@ -50,6 +50,17 @@ func RunRemote(ctx context.Context, cfg RemoteConfig, logger *slog.Logger) error
 	if cfg.SpoolDir == "" {
 		cfg.SpoolDir = os.TempDir()
 	}
+	// A spool directory that cannot be written would fail every upload
+	// later, as a fault of each job; fail at start instead.
+	if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
+		return fmt.Errorf("create spool directory: %w", err)
+	}
+	probe, err := os.CreateTemp(cfg.SpoolDir, "gradient-probe-*")
+	if err != nil {
+		return fmt.Errorf("spool directory %q is not writable: %w", cfg.SpoolDir, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
 	storeDir := cfg.Worker.StoreDir
 	if storeDir == "" {
 		storeDir = "/nix/store"
