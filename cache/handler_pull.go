@@ -66,9 +66,8 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 		return
 	}
 
-	h.store.metrics.requests.WithLabelValues("nar", resultPulled).Inc()
-
 	if st.done {
+		h.store.metrics.requests.WithLabelValues("nar", resultPulled).Inc()
 		h.serveCommittedNAR(w, r, st.path)
 		return
 	}
@@ -99,7 +98,7 @@ func (h *handler) serveCommittedNAR(w http.ResponseWriter, r *http.Request, path
 func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *narFlight, info *narinfo.NarInfo) {
 	reader, err := flight.newReader(r.Context())
 	if err != nil {
-		h.internalError(w, r, err)
+		h.lookupError(w, r, "nar", err)
 		return
 	}
 
@@ -128,6 +127,7 @@ func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *n
 		// as a complete, short one.
 		panic(http.ErrAbortHandler)
 	}
+	h.store.metrics.requests.WithLabelValues("nar", resultPulled).Inc()
 }
 
 // flushWriter flushes after every write, so the client receives each part

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -106,7 +107,16 @@ func (f *narFlight) newReader(ctx context.Context) (*flightReader, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
+	if f.done && f.err != nil {
+		return nil, f.err
+	}
+
 	file, err := os.Open(f.path)
+	if errors.Is(err, fs.ErrNotExist) && f.done {
+		// The download ended without storing the file: its path was
+		// evicted while it ran.
+		return nil, fmt.Errorf("open pulled NAR %q: %w", f.fileName, ErrNotFound)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -191,14 +201,11 @@ func (s *Store) narFlightFor(fileName string, record pullRecord, info *narinfo.N
 
 		s.metrics.upstreamLatency.WithLabelValues(record.Upstream, "nar").Observe(time.Since(start).Seconds())
 
-		switch {
-		case errors.Is(err, errEvicted):
-			os.Remove(tmp.Name())
+		evicted := errors.Is(err, errEvicted)
+		if evicted {
 			s.logger.Debug("pulled NAR not stored because its path was evicted", "nar_file", fileName)
-
 			err = nil
-		case err != nil:
-			os.Remove(tmp.Name())
+		} else if err != nil {
 			s.countUpstreamError(record.Upstream, fmt.Errorf("download NAR %q: %w", fileName, err))
 		}
 
@@ -206,10 +213,15 @@ func (s *Store) narFlightFor(fileName string, record pullRecord, info *narinfo.N
 		delete(s.narFlights, fileName)
 		s.narFlightsMu.Unlock()
 
+		// Mark the flight done before the file goes, so a reader that
+		// arrives late gets the download's error instead of a missing file.
 		f.update(func() {
 			f.done = true
 			f.err = err
 		})
+		if evicted || err != nil {
+			os.Remove(tmp.Name())
+		}
 	}()
 
 	return f, nil
