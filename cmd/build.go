@@ -144,10 +144,30 @@ func newBuildLogCommand(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			defer body.Close()
-			_, err = io.Copy(cmd.OutOrStdout(), body)
-			return err
+			if _, err := io.Copy(cmd.OutOrStdout(), body); err != nil || !follow {
+				return err
+			}
+
+			// The stream ended: say how the build ended, and exit 1
+			// unless it succeeded, as a script waiting on it expects.
+			b, err := cl.Build(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			if b.Status.Succeeded() {
+				return nil
+			}
+			msg := fmt.Sprintf("build %d is %s", b.ID, b.Status)
+			if b.Error != "" {
+				msg += ": " + b.Error
+			}
+			if b.FailedDependency != "" {
+				msg += ": dependency " + b.FailedDependency + " failed"
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), msg)
+			return exitError{code: 1}
 		},
 	}
-	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the build finishes")
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the build finishes; exit 1 unless it succeeded")
 	return c
 }

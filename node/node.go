@@ -161,6 +161,8 @@ func (n *Node) Run(ctx context.Context) error {
 		Admin:     store,
 	})
 	httpSrv := &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second}
+	// Shutdown waits for open responses; followed logs end at once.
+	httpSrv.RegisterOnShutdown(srv.Stop)
 
 	meshLink, err := n.startMesh(ctx, store, drv, metrics, srv)
 	if err != nil {

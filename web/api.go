@@ -2,6 +2,7 @@ package web
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
@@ -259,6 +260,9 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, b db.Build, f
 		}
 		select {
 		case <-r.Context().Done():
+			return
+		case <-s.stopping:
+			fmt.Fprintf(w, "\ngradient: the node is shutting down while build %d is %s; follow the log again once it is back\n", b.ID, b.Status)
 			return
 		case <-ticker.C:
 		}

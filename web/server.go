@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -83,6 +84,16 @@ type Server struct {
 	router chi.Router
 	// mesh is set by AddMesh.
 	mesh Mesh
+	// stopping is closed by Stop.
+	stopping chan struct{}
+	stopOnce sync.Once
+}
+
+// Stop ends the responses that would otherwise stay open until their
+// client leaves, such as followed build logs, so that an HTTP server
+// shutdown does not wait for them. It is safe to call more than once.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() { close(s.stopping) })
 }
 
 // New returns a Server for cfg.
@@ -96,7 +107,7 @@ func New(cfg Config) *Server {
 	if cfg.LogPollInterval <= 0 {
 		cfg.LogPollInterval = 250 * time.Millisecond
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "web")}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "web"), stopping: make(chan struct{})}
 
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)

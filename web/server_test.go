@@ -281,3 +281,35 @@ func TestRequestBodyErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestStopEndsFollowedLog(t *testing.T) {
+	records, err := db.Open(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer records.Close()
+	srv := New(Config{DB: records, Evaluator: &fakeEvaluator{}, Logs: dirLogs(t.TempDir()), AdminToken: testToken, LogPollInterval: 10 * time.Millisecond})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	bs := []db.Build{{DrvPath: "/nix/store/cccc-running.drv", Status: db.BuildBuilding}}
+	if err := records.CreateBuilds(1, bs); err != nil {
+		t.Fatal(err)
+	}
+
+	req, _ := http.NewRequest(http.MethodGet, ts.URL+"/api/v1/builds/"+db.FormatID(bs[0].ID)+"/log?follow=true", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+
+	srv.Stop()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(body), "shutting down") {
+		t.Errorf("followed log after Stop = %q, want a note that the node is shutting down", body)
+	}
+}

@@ -114,6 +114,13 @@ func TestEvalErrorAndFailedBuild(t *testing.T) {
 	if !strings.Contains(logText, "this build fails on purpose") {
 		t.Errorf("log of broken-leaf = %q, want the builder's stderr", logText)
 	}
+	followed, followErr, code := n.cli("build", "log", "--follow", itoa(brokenBuild))
+	if code != 1 || !strings.Contains(followErr, "failed") {
+		t.Errorf("build log --follow of a failed build: exit %d, stderr %q, want exit 1 naming the failure", code, followErr)
+	}
+	if !strings.Contains(followed, "this build fails on purpose") {
+		t.Errorf("build log --follow of broken-leaf = %q, want the builder's stderr", followed)
+	}
 	human := n.mustCLI("project", "show", "demo/failures")
 	for _, s := range []string{"this attribute fails to evaluate on purpose", "dependency_failed", "eval error"} {
 		if !strings.Contains(human, s) {
