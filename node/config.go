@@ -62,6 +62,12 @@ type Config struct {
 	// after its context is cancelled. Default 10 s.
 	ShutdownTimeout time.Duration
 
+	// MainCache, when not nil, holds settings of the main cache that the
+	// node writes to the stored settings at every start, replacing values
+	// changed through the API since. A configuration file's
+	// [caches.main] section sets it.
+	MainCache *CacheSettings
+
 	// Mesh configures the federated peer-to-peer cache, which is off
 	// unless Mesh.Listen is set.
 	Mesh MeshConfig

@@ -96,6 +96,11 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer store.Close()
+	if cfg.MainCache != nil {
+		if err := applyCacheSettings(ctx, store, cfg.MainCache, n.log.With("cache", mainCache)); err != nil {
+			return err
+		}
+	}
 	if keyName, _, _ := strings.Cut(store.PublicKey(), ":"); keyName != cfg.CacheKeyName && !created {
 		n.log.Warn("cache signing key exists with another name; --cache-key-name applies only when the key is created",
 			"key_name", keyName, "requested_key_name", cfg.CacheKeyName)
