@@ -342,14 +342,17 @@ func (w *RemoteWorker) Build(ctx context.Context, req BuildRequest, log io.Write
 	return *r.Build, nil
 }
 
-// QueryPaths asks the worker which of paths its store holds.
-func (w *RemoteWorker) QueryPaths(ctx context.Context, paths []string) ([]string, error) {
+// QueryPaths sends the worker a PathQuery for paths and waits for its
+// PathAnswer. It returns the paths the worker's store contains and the
+// answer's MissingNarSize, which is 0 when the worker does not know the
+// sizes of the other paths.
+func (w *RemoteWorker) QueryPaths(ctx context.Context, paths []string) (have []string, missingNarSize uint64, err error) {
 	s := w.s
 	ch := make(chan *PathAnswer, 1)
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("query paths of worker %q: %w", s.id, ErrWorkerGone)
+		return nil, 0, fmt.Errorf("query paths of worker %q: %w", s.id, ErrWorkerGone)
 	}
 	s.nextID++
 	id := s.nextID
@@ -365,13 +368,13 @@ func (w *RemoteWorker) QueryPaths(ctx context.Context, paths []string) ([]string
 	select {
 	case a := <-ch:
 		if a.Error != "" {
-			return nil, fmt.Errorf("query paths of worker %q: %s", s.id, a.Error)
+			return nil, 0, fmt.Errorf("query paths of worker %q: %s", s.id, a.Error)
 		}
-		return a.Have, nil
+		return a.Have, a.MissingNarSize, nil
 	case <-s.done:
-		return nil, fmt.Errorf("query paths of worker %q: %w", s.id, ErrWorkerGone)
+		return nil, 0, fmt.Errorf("query paths of worker %q: %w", s.id, ErrWorkerGone)
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, 0, ctx.Err()
 	}
 }
 
