@@ -31,6 +31,11 @@ type driverConfig struct {
 	// HistoryInterval is how often the scheduler's build time estimates
 	// are stored. Default 1 min.
 	HistoryInterval time.Duration
+	// StoreQueryTimeout bounds the wait for the workers' answers to the
+	// store query sent before a new graph goes to the scheduler. A worker
+	// that answers later is left out of that graph's first placements.
+	// Default 10 s.
+	StoreQueryTimeout time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 }
@@ -105,6 +110,9 @@ func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, cfg d
 	}
 	if cfg.HistoryInterval <= 0 {
 		cfg.HistoryInterval = time.Minute
+	}
+	if cfg.StoreQueryTimeout <= 0 {
+		cfg.StoreQueryTimeout = 10 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -82,7 +82,8 @@ func (d *driver) evaluate(ctx context.Context, evalID uint64) {
 	}
 	log.Info("evaluation finished", "entry_points", len(e.Results), "derivations", len(builds))
 
-	_ = d.post(ctx, func(ctx context.Context) { d.addGraph(ctx, e, builds) })
+	reports := d.queryStoresBefore(ctx, builds)
+	_ = d.post(ctx, func(ctx context.Context) { d.addReportedGraph(ctx, e, builds, reports) })
 }
 
 // recordGraph creates the build records of an evaluation result, one per
@@ -203,8 +204,17 @@ func (d *driver) failEvaluation(e db.Evaluation, msg string) {
 
 // addGraph hands an evaluation's graph to the scheduler. Builds that are
 // already final (cached, or finished before a restart) are passed as
-// cached so the scheduler only waits for the others.
+// cached so the scheduler only waits for the others. The workers' stores
+// are queried after AddGraph.
 func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Build) {
+	d.addReportedGraph(ctx, e, builds, nil)
+}
+
+// addReportedGraph is addGraph with store reports that the caller gathered
+// for this graph, see queryStoresBefore. They go to the scheduler before
+// the graph, so that the jobs AddGraph assigns go where their inputs are.
+// Workers without a report are queried after AddGraph.
+func (d *driver) addReportedGraph(ctx context.Context, e db.Evaluation, builds []db.Build, reports []storeReport) {
 	ae := &activeEval{eval: e, builds: make(map[string]*db.Build, len(builds))}
 	g := scheduler.Graph{EvalID: db.FormatID(e.ID), Project: e.Org + "/" + e.Project}
 	pending := 0
@@ -236,6 +246,11 @@ func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Buil
 	}
 
 	d.active[e.ID] = ae
+	reported := map[*protocol.RemoteWorker]bool{}
+	for _, r := range reports {
+		d.reportStore(r)
+		reported[r.worker] = true
+	}
 	decisions, err := d.sched.AddGraph(g, d.now())
 	if err != nil {
 		delete(d.active, e.ID)
@@ -246,11 +261,13 @@ func (d *driver) addGraph(ctx context.Context, e db.Evaluation, builds []db.Buil
 	d.adoptSharedResults(ae)
 	d.apply(ctx, decisions)
 
-	workers := make([]*protocol.RemoteWorker, 0, len(d.workers))
+	var unreported []*protocol.RemoteWorker
 	for _, w := range d.workers {
-		workers = append(workers, w)
+		if !reported[w] {
+			unreported = append(unreported, w)
+		}
 	}
-	d.queryStores(ctx, workers)
+	d.queryStores(ctx, unreported)
 }
 
 // adoptSharedResults copies into ae the outcome of every derivation that

@@ -138,48 +138,188 @@ func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 	})
 }
 
+// storeReport is a worker's answer to a store query.
+type storeReport struct {
+	worker *protocol.RemoteWorker
+	// have lists the queried paths the worker's store holds.
+	have []string
+	// missingNarSize is the NAR bytes of the queried paths the worker
+	// lacks, as far as the worker or the node's cache know them.
+	missingNarSize uint64
+}
+
+// storeQueryPaths returns the sorted output paths of the active
+// evaluations and of extra, the builds of a graph about to be added. It
+// returns nil when there are none or more than one PathQuery may carry.
+// Called on the Run goroutine.
+func (d *driver) storeQueryPaths(extra []db.Build) []string {
+	seen := map[string]bool{}
+	var paths []string
+	add := func(b *db.Build) {
+		for _, p := range b.Outputs {
+			if p != "" && !seen[p] {
+				seen[p] = true
+				paths = append(paths, p)
+			}
+		}
+	}
+	for _, ae := range d.active {
+		for _, b := range ae.builds {
+			add(b)
+		}
+	}
+	for i := range extra {
+		add(&extra[i])
+	}
+	if len(paths) == 0 || len(paths) > protocol.MaxQueryPaths {
+		return nil
+	}
+	slices.Sort(paths)
+	return paths
+}
+
+// cacheWorkers returns the connected workers that build and answer store
+// queries, in ID order. Called on the Run goroutine.
+func (d *driver) cacheWorkers() []*protocol.RemoteWorker {
+	var ws []*protocol.RemoteWorker
+	for _, w := range d.workers {
+		if w.Hello().Has(protocol.CapCache) {
+			ws = append(ws, w)
+		}
+	}
+	slices.SortFunc(ws, func(a, b *protocol.RemoteWorker) int { return strings.Compare(a.ID(), b.ID()) })
+	return ws
+}
+
+// queryStore asks w which of paths its store holds. A worker does not know
+// the sizes of paths it lacks and sends 0, so the node adds up the
+// NarSize of each lacking path that its cache holds.
+func (d *driver) queryStore(ctx context.Context, w *protocol.RemoteWorker, paths []string) (storeReport, error) {
+	have, missingSize, err := w.QueryPaths(ctx, paths)
+	if err != nil {
+		return storeReport{}, err
+	}
+	if missingSize == 0 {
+		missingSize = d.missingNarSize(ctx, paths, have)
+	}
+	return storeReport{worker: w, have: have, missingNarSize: missingSize}, nil
+}
+
+// missingNarSize returns the sum of the NarSizes of the paths that are not
+// in have and that the node's cache holds. A lookup that fails counts 0:
+// the size only informs the log and placement estimates.
+func (d *driver) missingNarSize(ctx context.Context, paths, have []string) uint64 {
+	held := make(map[string]bool, len(have))
+	for _, p := range have {
+		held[p] = true
+	}
+	var lacking []string
+	for _, p := range paths {
+		if !held[p] {
+			lacking = append(lacking, p)
+		}
+	}
+	if len(lacking) == 0 {
+		return 0
+	}
+	notCached, err := d.cache.Missing(ctx, lacking)
+	if err != nil {
+		d.log.Debug("look up paths a worker lacks in the cache failed", "err", err)
+		return 0
+	}
+	isMissing := make(map[string]bool, len(notCached))
+	for _, p := range notCached {
+		isMissing[p] = true
+	}
+	var total uint64
+	for _, size := range d.narSizes(ctx, lacking, isMissing) {
+		total += size
+	}
+	return total
+}
+
+// queryStoresBefore asks each connected cache worker which outputs of the
+// active evaluations and of builds its store holds, and waits for the
+// answers for at most driverConfig.StoreQueryTimeout. It runs outside the
+// Run goroutine, before a graph is added, so that the scheduler knows where
+// the inputs are when it places the graph's first jobs. A worker that
+// fails or does not answer in time is left out.
+func (d *driver) queryStoresBefore(ctx context.Context, builds []db.Build) []storeReport {
+	var paths []string
+	var ws []*protocol.RemoteWorker
+	collected := make(chan struct{})
+	if err := d.post(ctx, func(context.Context) {
+		defer close(collected)
+		paths = d.storeQueryPaths(builds)
+		ws = d.cacheWorkers()
+	}); err != nil {
+		return nil
+	}
+	select {
+	case <-collected:
+	case <-ctx.Done():
+		return nil
+	}
+	if len(paths) == 0 || len(ws) == 0 {
+		return nil
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.StoreQueryTimeout)
+	defer cancel()
+	reports := make([]storeReport, len(ws))
+	var wg sync.WaitGroup
+	for i, w := range ws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := d.queryStore(ctx, w, paths)
+			if err != nil {
+				d.log.Debug("store query failed", "worker_id", w.ID(), "err", err)
+				return
+			}
+			reports[i] = r
+		}()
+	}
+	wg.Wait()
+	return slices.DeleteFunc(reports, func(r storeReport) bool { return r.worker == nil })
+}
+
 // queryStores asks each worker in ws which outputs of the active
 // evaluations its store holds, and reports the answers to the scheduler,
 // which prefers to place a job where its inputs are. Called on the Run
 // goroutine; the queries run in the background.
 func (d *driver) queryStores(ctx context.Context, ws []*protocol.RemoteWorker) {
-	seen := map[string]bool{}
-	var paths []string
-	for _, ae := range d.active {
-		for _, b := range ae.builds {
-			for _, p := range b.Outputs {
-				if p != "" && !seen[p] {
-					seen[p] = true
-					paths = append(paths, p)
-				}
-			}
-		}
-	}
-	if len(paths) == 0 || len(paths) > protocol.MaxQueryPaths {
+	paths := d.storeQueryPaths(nil)
+	if paths == nil {
 		return
 	}
-	slices.Sort(paths)
-
 	for _, w := range ws {
 		if !w.Hello().Has(protocol.CapCache) {
 			continue
 		}
 		d.goBackground(func() {
-			have, err := w.QueryPaths(ctx, paths)
+			r, err := d.queryStore(ctx, w, paths)
 			if err != nil {
 				d.log.Debug("store query failed", "worker_id", w.ID(), "err", err)
 				return
 			}
-			_ = d.post(ctx, func(context.Context) {
-				if d.workers[w.ID()] != w {
-					return
-				}
-				if err := d.sched.ReportStore(w.ID(), have); err != nil {
-					d.log.Debug("scheduler rejected a store report", "worker_id", w.ID(), "err", err)
-				}
-			})
+			_ = d.post(ctx, func(context.Context) { d.reportStore(r) })
 		})
 	}
+}
+
+// reportStore hands a worker's store report to the scheduler, unless the
+// worker left since. Called on the Run goroutine.
+func (d *driver) reportStore(r storeReport) {
+	id := r.worker.ID()
+	if d.workers[id] != r.worker {
+		return
+	}
+	if err := d.sched.ReportStore(id, r.have); err != nil {
+		d.log.Debug("scheduler rejected a store report", "worker_id", id, "err", err)
+		return
+	}
+	d.log.Debug("worker store reported", "worker_id", id, "held_paths", len(r.have), "missing_nar_size", r.missingNarSize)
 }
 
 // updateWorkerRecord applies fn to a worker's record. A worker without a
