@@ -287,6 +287,11 @@ func (d *driver) derivationBuilt(ctx context.Context, jobID, drvPath string, res
 			b.Outputs[name] = info.StorePath
 		}
 	})
+	// NOTE: the scheduler keeps the output size it got with the graph, 0
+	// for a derivation that was not cached then, because it has no call
+	// that takes the built size. Dependents are placed as if fetching
+	// these outputs cost nothing; the size reaches it only through a later
+	// graph, where the cached outputs' narinfos give it.
 	decisions, err := d.sched.DerivationBuilt(jobID, drvPath, d.now())
 	if errors.Is(err, scheduler.ErrUnknownJob) {
 		// The worker left after it sent the result, and the scheduler
