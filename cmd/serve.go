@@ -8,46 +8,38 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/gradient-ci/gradient/node"
 )
 
+// serveOptions are the flags of `gradient serve` as parsed by cobra.
+type serveOptions struct {
+	cfg                node.Config
+	configFile         string
+	logLevel           string
+	trustedProxies     []string
+	unsupportedTimeout time.Duration
+}
+
 func newServeCommand(cf *clientFlags) *cobra.Command {
-	var (
-		cfg                node.Config
-		logLevel           string
-		trustedProxies     []string
-		unsupportedTimeout time.Duration
-	)
+	o := &serveOptions{}
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Run a node: CI server, scheduler, binary cache and, with nix on PATH, a worker",
-		Args:  cobra.NoArgs,
+		Long: `Run a node: CI server, scheduler, binary cache and, with nix on PATH, a worker.
+
+With --config FILE (env GRADIENT_CONFIG) the node reads its settings from a
+TOML file. A flag given on the command line, and GRADIENT_DATA_DIR, win over
+the file's key; the file wins over the built-in default. See
+docs/configuration.md.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level %q is invalid: give debug, info, warn or error", logLevel)
-			}
-			if cfg.WorkerMaxJobs < 1 || cfg.WorkerMaxJobs > 64 {
-				return fmt.Errorf("--worker-max-jobs %d is out of range: give 1 to 64", cfg.WorkerMaxJobs)
-			}
-			for _, p := range trustedProxies {
-				prefix, err := netip.ParsePrefix(p)
-				if err != nil {
-					return fmt.Errorf("--trusted-proxy %q is invalid: give a CIDR such as 10.0.0.0/8 or ::1/128", p)
-				}
-				cfg.TrustedProxies = append(cfg.TrustedProxies, prefix)
-			}
-			switch {
-			case unsupportedTimeout < 0:
-				return fmt.Errorf("--unsupported-timeout %v is negative: give a duration such as 5m, or 0 to fail such builds at once", unsupportedTimeout)
-			case unsupportedTimeout == 0:
-				cfg.UnsupportedTimeout = node.FailUnsupportedAtOnce
-			default:
-				cfg.UnsupportedTimeout = unsupportedTimeout
+			cfg, level, err := o.config(cmd.Flags(), cf.dataDir)
+			if err != nil {
+				return err
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			cfg.DataDir = cf.dataDir
 
 			n, err := node.New(cfg)
 			if err != nil {
@@ -56,21 +48,122 @@ func newServeCommand(cf *clientFlags) *cobra.Command {
 			return n.Run(cmd.Context())
 		},
 	}
-	f := c.Flags()
-	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:3000", "HTTP listen address, host:port")
-	f.StringVar(&cfg.CacheKeyName, "cache-key-name", "", "name of the cache signing key created on first start (default <hostname>-1)")
-	f.BoolVar(&cfg.NoWorker, "no-worker", false, "run no in-process worker")
-	f.StringVar(&cfg.NixBin, "nix", "", "nix binary of the in-process worker (default: nix on PATH)")
-	f.StringVar(&cfg.WorkerStore, "worker-store", "", "chroot store directory of the in-process worker, passed to nix as --store (default: the machine's store)")
-	f.IntVar(&cfg.WorkerMaxJobs, "worker-max-jobs", 1, "builds the in-process worker runs at once, 1 to 64")
-	f.BoolVar(&cfg.NoDefaultUpstream, "no-default-upstream", false, "create the main cache without https://cache.nixos.org as its upstream (first start only)")
-	f.StringSliceVar(&trustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For header is believed, repeatable")
-	f.DurationVar(&unsupportedTimeout, "unsupported-timeout", node.DefaultUnsupportedTimeout,
-		"how long a build waits for a connected worker with its system and required features before it fails; 0 fails it at once")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.StringSliceVar(&cfg.Mesh.Listen, "mesh-listen", nil, "libp2p multiaddr the mesh listens on, such as /ip4/0.0.0.0/udp/4001/quic-v1; without it the mesh is off (repeat or separate with commas)")
-	f.StringSliceVar(&cfg.Mesh.Bootstrap, "mesh-bootstrap", nil, "multiaddr of a member node ending in /p2p/<peer ID> (repeat or separate with commas)")
-	f.StringVar(&cfg.Mesh.FederationFile, "mesh-federation", "", "federation JSON file of the mesh (default DATA_DIR/mesh-federation.json)")
-	f.BoolVar(&cfg.Mesh.MDNS, "mesh-mdns", false, "find mesh members on the local network by multicast DNS")
+	o.addFlags(c.Flags())
 	return c
+}
+
+// addFlags defines the flags of `gradient serve` on f.
+func (o *serveOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.configFile, "config", os.Getenv("GRADIENT_CONFIG"), "TOML configuration file; flags given on the command line win over its keys (env GRADIENT_CONFIG)")
+	f.StringVar(&o.cfg.Listen, "listen", "127.0.0.1:3000", "HTTP listen address, host:port")
+	f.StringVar(&o.cfg.CacheKeyName, "cache-key-name", "", "name of the cache signing key created on first start (default <hostname>-1)")
+	f.BoolVar(&o.cfg.NoWorker, "no-worker", false, "run no in-process worker")
+	f.StringVar(&o.cfg.NixBin, "nix", "", "nix binary of the in-process worker (default: nix on PATH)")
+	f.StringVar(&o.cfg.WorkerStore, "worker-store", "", "chroot store directory of the in-process worker, passed to nix as --store (default: the machine's store)")
+	f.IntVar(&o.cfg.WorkerMaxJobs, "worker-max-jobs", 1, "builds the in-process worker runs at once, 1 to 64")
+	f.BoolVar(&o.cfg.NoDefaultUpstream, "no-default-upstream", false, "create the main cache without https://cache.nixos.org as its upstream (first start only)")
+	f.StringSliceVar(&o.trustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For header is believed, repeatable")
+	f.DurationVar(&o.unsupportedTimeout, "unsupported-timeout", node.DefaultUnsupportedTimeout,
+		"how long a build waits for a connected worker with its system and required features before it fails; 0 fails it at once")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringSliceVar(&o.cfg.Mesh.Listen, "mesh-listen", nil, "libp2p multiaddr the mesh listens on, such as /ip4/0.0.0.0/udp/4001/quic-v1; without it the mesh is off (repeat or separate with commas)")
+	f.StringSliceVar(&o.cfg.Mesh.Bootstrap, "mesh-bootstrap", nil, "multiaddr of a member node ending in /p2p/<peer ID> (repeat or separate with commas)")
+	f.StringVar(&o.cfg.Mesh.FederationFile, "mesh-federation", "", "federation JSON file of the mesh (default DATA_DIR/mesh-federation.json)")
+	f.BoolVar(&o.cfg.Mesh.MDNS, "mesh-mdns", false, "find mesh members on the local network by multicast DNS")
+}
+
+// config checks the flags, merges the configuration file into them and
+// returns the node's configuration and the log level. A key of the file
+// applies only when its flag is not on the command line; data_dir also
+// yields to GRADIENT_DATA_DIR. dataDir is the --data-dir value.
+func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config, slog.Level, error) {
+	cfg := o.cfg
+	cfg.DataDir = dataDir
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return node.Config{}, 0, fmt.Errorf("--log-level %q is invalid: give debug, info, warn or error", o.logLevel)
+	}
+	if cfg.WorkerMaxJobs < 1 || cfg.WorkerMaxJobs > 64 {
+		return node.Config{}, 0, fmt.Errorf("--worker-max-jobs %d is out of range: give 1 to 64", cfg.WorkerMaxJobs)
+	}
+	for _, p := range o.trustedProxies {
+		prefix, err := netip.ParsePrefix(p)
+		if err != nil {
+			return node.Config{}, 0, fmt.Errorf("--trusted-proxy %q is invalid: give a CIDR such as 10.0.0.0/8 or ::1/128", p)
+		}
+		cfg.TrustedProxies = append(cfg.TrustedProxies, prefix)
+	}
+	timeout := o.unsupportedTimeout
+	if timeout < 0 {
+		return node.Config{}, 0, fmt.Errorf("--unsupported-timeout %v is negative: give a duration such as 5m, or 0 to fail such builds at once", timeout)
+	}
+
+	if o.configFile != "" {
+		file, err := node.ReadConfigFile(o.configFile)
+		if err != nil {
+			return node.Config{}, 0, err
+		}
+		dataDirGiven := flags.Changed("data-dir") || os.Getenv("GRADIENT_DATA_DIR") != ""
+		mergeConfigFile(&cfg, &level, &timeout, file, func(flag string) bool {
+			if flag == "data-dir" {
+				return dataDirGiven
+			}
+			return flags.Changed(flag)
+		})
+	}
+
+	if timeout == 0 {
+		cfg.UnsupportedTimeout = node.FailUnsupportedAtOnce
+	} else {
+		cfg.UnsupportedTimeout = timeout
+	}
+	return cfg, level, nil
+}
+
+// mergeConfigFile copies each key that file sets into cfg, level and
+// timeout, unless given reports that its flag was given.
+func mergeConfigFile(cfg *node.Config, level *slog.Level, timeout *time.Duration, file *node.ConfigFile, given func(flag string) bool) {
+	setString := func(flag string, dst *string, src *string) {
+		if src != nil && !given(flag) {
+			*dst = *src
+		}
+	}
+	setBool := func(flag string, dst *bool, src *bool) {
+		if src != nil && !given(flag) {
+			*dst = *src
+		}
+	}
+	setList := func(flag string, dst *[]string, src *[]string) {
+		if src != nil && !given(flag) {
+			*dst = *src
+		}
+	}
+
+	setString("listen", &cfg.Listen, file.Listen)
+	setString("data-dir", &cfg.DataDir, file.DataDir)
+	setString("cache-key-name", &cfg.CacheKeyName, file.CacheKeyName)
+	setBool("no-worker", &cfg.NoWorker, file.NoWorker)
+	setString("nix", &cfg.NixBin, file.NixBin)
+	setString("worker-store", &cfg.WorkerStore, file.WorkerStore)
+	if file.WorkerMaxJobs != nil && !given("worker-max-jobs") {
+		cfg.WorkerMaxJobs = *file.WorkerMaxJobs
+	}
+	setBool("no-default-upstream", &cfg.NoDefaultUpstream, file.NoDefaultUpstream)
+	if file.TrustedProxies != nil && !given("trusted-proxy") {
+		cfg.TrustedProxies = *file.TrustedProxies
+	}
+	if file.UnsupportedTimeout != nil && !given("unsupported-timeout") {
+		*timeout = *file.UnsupportedTimeout
+	}
+	if file.LogLevel != nil && !given("log-level") {
+		*level = *file.LogLevel
+	}
+
+	setList("mesh-listen", &cfg.Mesh.Listen, file.MeshListen)
+	setList("mesh-bootstrap", &cfg.Mesh.Bootstrap, file.MeshBootstrap)
+	setString("mesh-federation", &cfg.Mesh.FederationFile, file.MeshFederation)
+	setBool("mesh-mdns", &cfg.Mesh.MDNS, file.MeshMDNS)
+
+	cfg.MainCache = file.MainCache
 }
