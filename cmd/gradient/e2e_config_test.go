@@ -119,7 +119,7 @@ priority = 10
 	}
 
 	// Changes through the API to settings the file sets last until the
-	// next start, where the file wins and the log says so.
+	// next start, where the file wins and the log records each replaced value.
 	n.mustCLI("cache", "edit", "main", "--priority", "7")
 	n.mustCLI("cache", "upstream", "add", "main", "http://127.0.0.1:9", "--key", e2eUpstreamKey)
 	n.stop()
