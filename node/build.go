@@ -287,11 +287,9 @@ func (d *driver) derivationBuilt(ctx context.Context, jobID, drvPath string, res
 			b.Outputs[name] = info.StorePath
 		}
 	})
-	// NOTE: the scheduler keeps the output size it got with the graph, 0
-	// for a derivation that was not cached then, because it has no call
-	// that takes the built size. Dependents are placed as if fetching
-	// these outputs cost nothing; the size reaches it only through a later
-	// graph, where the cached outputs' narinfos give it.
+	// The graph carried size 0 for outputs not built yet; the real size
+	// lets the scheduler count the fetch when it places the dependents.
+	d.sched.SetOutputSize(drvPath, size)
 	decisions, err := d.sched.DerivationBuilt(jobID, drvPath, d.now())
 	if errors.Is(err, scheduler.ErrUnknownJob) {
 		// The worker left after it sent the result, and the scheduler

@@ -220,6 +220,11 @@ func (r *scriptRunner) runCommand(command string, input []string) []string {
 		decisions, err = r.s.JobFinished(args[0], r.now)
 	case "store":
 		err = r.s.ReportStore(args[0], args[1:])
+	case "size":
+		var size uint64
+		if size, err = strconv.ParseUint(args[1], 10, 64); err == nil {
+			r.s.SetOutputSize(args[0], size)
+		}
 	case "advance":
 		var d time.Duration
 		if d, err = time.ParseDuration(args[0]); err == nil {

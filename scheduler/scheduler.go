@@ -199,6 +199,17 @@ func (s *Scheduler) JobStarted(jobID string, now time.Time) error {
 	return nil
 }
 
+// SetOutputSize records the NAR size in bytes of all outputs of a
+// derivation, such as the size its build reported, so that placing its
+// dependents counts what fetching them costs. A derivation the Scheduler
+// does not hold is ignored. It returns no decisions: a size takes effect
+// at the next placement.
+func (s *Scheduler) SetOutputSize(drvPath string, size uint64) {
+	if d, ok := s.drvs[drvPath]; ok {
+		d.outputSize = size
+	}
+}
+
 // DerivationBuilt records that a job built one of its derivations, and
 // assigns the jobs this unblocks. Its build time feeds the history. A
 // second report of the same derivation changes nothing.
