@@ -173,7 +173,8 @@ type scriptRunner struct {
 //	worker ID systems=S,... [features=F,...] [slots=N] [speed=X]
 //	remove-worker ID
 //	graph EVAL [project=P]          input lines: PATH [<- IN...] [key=value...] [cached]
-//	                                keys: system, features, name, size, outputs
+//	                                keys: system, features, name, size, outputs,
+//	                                peer-eta (a duration after now)
 //	started JOB
 //	built JOB DRV
 //	failed JOB DRV REASON...
@@ -182,6 +183,7 @@ type scriptRunner struct {
 //	advance D                       moves the clock by D and ticks
 //	peer-building DRV eta=D         D after now
 //	peer-built DRV
+//	peer-gone DRV
 //	cancel EVAL
 //	status DRV
 //	history
@@ -207,7 +209,7 @@ func (r *scriptRunner) runCommand(command string, input []string) []string {
 		decisions, err = r.s.RemoveWorker(args[0], r.now)
 	case "graph":
 		var g Graph
-		if g, err = parseGraph(args, input); err == nil {
+		if g, err = parseGraph(args, input, r.now); err == nil {
 			decisions, err = r.s.AddGraph(g, r.now)
 		}
 	case "started":
@@ -239,6 +241,8 @@ func (r *scriptRunner) runCommand(command string, input []string) []string {
 		}
 	case "peer-built":
 		decisions = r.s.PeerBuilt(args[0], r.now)
+	case "peer-gone":
+		decisions = r.s.PeerGone(args[0], r.now)
 	case "cancel":
 		decisions, err = r.s.CancelEvaluation(args[0], r.now)
 	case "status":
@@ -384,7 +388,7 @@ func parseWorker(args []string) (Worker, error) {
 	return w, nil
 }
 
-func parseGraph(args, input []string) (Graph, error) {
+func parseGraph(args, input []string, now time.Time) (Graph, error) {
 	g := Graph{EvalID: args[0], Project: keyValues(args[1:])["project"]}
 	for _, line := range input {
 		fields := strings.Fields(line)
@@ -415,6 +419,12 @@ func parseGraph(args, input []string) (Graph, error) {
 						return g, err
 					}
 					d.OutputSize = size
+				case "peer-eta":
+					eta, err := time.ParseDuration(v)
+					if err != nil {
+						return g, err
+					}
+					d.PeerETA = now.Add(eta)
 				default:
 					return g, fmt.Errorf("unknown derivation key %q", k)
 				}

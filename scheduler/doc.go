@@ -52,5 +52,7 @@
 // gets the result. PeerBuilding postpones a derivation that a peer node
 // announces it is building until the peer's estimated time of arrival plus
 // Config.PeerSlack. After that it is built locally, unless PeerBuilt came
-// first.
+// first. A Derivation's PeerETA does the same for a build the node knows
+// of when it adds the graph, before any job is assigned. PeerGone ends a
+// postponement at once, when the peer's build failed or lapsed.
 package scheduler

@@ -10,6 +10,7 @@ import (
 // AddGraph adds an evaluation's derivation graph and assigns the jobs that
 // can start. A derivation the Scheduler already holds for another
 // evaluation is shared: it is built once, and its result counts for both.
+// A derivation with a PeerETA is postponed first, as PeerBuilding does.
 // A derivation marked Cached that another evaluation is still waiting for
 // counts as built from now on, unless a job already builds it.
 //
@@ -52,6 +53,18 @@ func (s *Scheduler) AddGraph(g Graph, now time.Time) ([]Decision, error) {
 
 	created := s.createDerivations(g, order, e)
 	s.rank(created)
+
+	// Postpone what peers build before anything is queued, so that no
+	// job takes it first.
+	for _, gd := range g.Derivations {
+		if gd.PeerETA.IsZero() || gd.Cached {
+			continue
+		}
+		if d, ok := s.drvs[gd.DrvPath]; ok {
+			s.postpone(d, gd.PeerETA, now)
+		}
+	}
+
 	var ready []*drv
 	for _, d := range created {
 		if d.state == StateWaiting && d.missing == 0 {

@@ -34,7 +34,7 @@ type Scheduler struct {
 	// classOrder lists classes in order of creation.
 	classOrder []*class
 	history    map[historyKey]*historyValue
-	// postponed lists derivations that PeerBuilding postponed, for Tick.
+	// postponed lists the derivations postponed for a peer, for Tick.
 	postponed []*drv
 
 	// remainingWork is the sum of the estimates of the derivations that
@@ -299,13 +299,23 @@ func (s *Scheduler) Tick(now time.Time) []Decision {
 // done is left alone.
 func (s *Scheduler) PeerBuilding(drvPath string, eta, now time.Time) []Decision {
 	d, ok := s.drvs[drvPath]
-	if !ok || d.state.terminal() || d.state == StateAssigned {
+	if !ok {
 		return nil
+	}
+	s.postpone(d, eta, now)
+	return s.take()
+}
+
+// postpone holds d back until eta plus Config.PeerSlack, see PeerBuilding,
+// and emits a Waiting decision when it does.
+func (s *Scheduler) postpone(d *drv, eta, now time.Time) {
+	if d.state.terminal() || d.state == StateAssigned {
+		return
 	}
 
 	until := eta.Add(s.cfg.PeerSlack)
 	if !until.After(now) {
-		return nil
+		return
 	}
 	if d.postponedUntil.IsZero() {
 		s.postponed = append(s.postponed, d)
@@ -317,6 +327,28 @@ func (s *Scheduler) PeerBuilding(drvPath string, eta, now time.Time) []Decision 
 	}
 	d.reason = PostponedForPeer
 	s.emit(Waiting{DrvPath: d.path, Reason: PostponedForPeer, Until: until})
+}
+
+// PeerGone ends the postponement of a derivation whose build by a peer
+// failed, was cancelled or lapsed, so that it is queued for a local build
+// at once instead of when its wait runs out. A derivation that is not
+// postponed is left alone. A later PeerBuilding postpones it again.
+func (s *Scheduler) PeerGone(drvPath string, now time.Time) []Decision {
+	d, ok := s.drvs[drvPath]
+	if !ok || d.postponedUntil.IsZero() {
+		return nil
+	}
+
+	d.postponedUntil = time.Time{}
+	s.postponed = slices.DeleteFunc(s.postponed, func(x *drv) bool { return x == d })
+	if d.reason == PostponedForPeer {
+		d.reason = ""
+	}
+	if d.state == StatePostponed {
+		s.enqueue(d, now)
+	}
+
+	s.dispatch(now)
 	return s.take()
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"time"
 )
 
 // Graph is the derivation graph of one evaluation.
@@ -47,6 +48,11 @@ type Derivation struct {
 	// Cached is true when every output is already in the cache, so the
 	// derivation is never built.
 	Cached bool
+	// PeerETA is when a peer node that announced it is building the
+	// derivation expects to finish, or zero when no peer is. AddGraph then
+	// postpones the derivation as PeerBuilding does, before it assigns
+	// any job. Ignored when Cached is set.
+	PeerETA time.Time
 }
 
 // Worker describes a machine that builds jobs.
