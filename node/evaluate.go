@@ -239,6 +239,11 @@ func (d *driver) addReportedGraph(ctx context.Context, e db.Evaluation, builds [
 			OutputSize: b.OutputSize,
 			Cached:     b.Status.Finished(),
 		})
+		if !b.Status.Finished() {
+			// A peer that started the build before this graph came in
+			// announced it only to the mesh's board.
+			g.Derivations[len(g.Derivations)-1].PeerETA = d.mesh.peerETA(b.DrvPath)
+		}
 	}
 	if pending == 0 {
 		d.finishEvaluation(e.ID, ae)

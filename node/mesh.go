@@ -380,6 +380,22 @@ func (l *meshLink) buildEnded(ctx context.Context, drvPath string, event wire.Bu
 	}
 }
 
+// peerETA returns the earliest time a peer that announced it is building
+// drvPath expects to finish, or zero when no peer is. It is safe on a nil
+// link.
+func (l *meshLink) peerETA(drvPath string) time.Time {
+	if l == nil {
+		return time.Time{}
+	}
+
+	builds := l.node.Building(drvPath)
+	if len(builds) == 0 {
+		return time.Time{}
+	}
+
+	return builds[0].ETA
+}
+
 // jobETA returns the scheduler's estimate of the job's build time.
 func jobETA(a scheduler.Assign) time.Duration {
 	return time.Duration(a.Score.BuildSeconds * float64(time.Second))
@@ -439,14 +455,18 @@ func (p meshPeers) PathsRemoved(storePaths ...string) {
 
 // peerBuild hands a peer's build announcement to the Run goroutine. A
 // started build of a derivation that an evaluation waits for postpones
-// it, and a succeeded one is fetched and then counts as built here. It is
-// called from the mesh's goroutine.
+// it, and a succeeded one is fetched and then counts as built here. A
+// build that failed, was cancelled or lapsed ends the postponement, so the
+// derivation is built here at once unless another peer still builds it.
+// It is called from the mesh's goroutine.
 func (d *driver) peerBuild(ctx context.Context, notice mesh.BuildNotice) {
 	switch notice.Event {
 	case wire.BuildStarted:
 		_ = d.post(ctx, func(ctx context.Context) {
 			d.apply(ctx, d.sched.PeerBuilding(notice.DrvPath, notice.ETA, d.now()))
 		})
+	case wire.BuildFailed, wire.BuildCancelled, mesh.BuildExpired:
+		_ = d.post(ctx, func(ctx context.Context) { d.peerBuildEnded(ctx, notice) })
 	case wire.BuildSucceeded:
 		_ = d.post(ctx, func(ctx context.Context) {
 			if !d.wantsDerivation(notice.DrvPath) {
@@ -456,6 +476,28 @@ func (d *driver) peerBuild(ctx context.Context, notice mesh.BuildNotice) {
 			d.goBackground(func() { d.fetchPeerOutputs(ctx, notice) })
 		})
 	}
+}
+
+// peerBuildEnded ends the postponement of a derivation whose build by a
+// peer ended without outputs. The mesh drops the peer's announcement
+// before it reports the end, so any build it still lists is another
+// peer's, and the derivation then waits for that one instead. Called on
+// the Run goroutine.
+func (d *driver) peerBuildEnded(ctx context.Context, notice mesh.BuildNotice) {
+	if !d.wantsDerivation(notice.DrvPath) {
+		return
+	}
+
+	if eta := d.mesh.peerETA(notice.DrvPath); !eta.IsZero() {
+		d.apply(ctx, d.sched.PeerBuilding(notice.DrvPath, eta, d.now()))
+		return
+	}
+
+	if st, ok := d.sched.Status(notice.DrvPath); ok && !st.PostponedUntil.IsZero() {
+		d.log.Info("a peer's build ended without outputs, so the derivation is built here",
+			"drv_path", notice.DrvPath, "remote_peer_id", notice.Peer.String(), "event", string(notice.Event))
+	}
+	d.apply(ctx, d.sched.PeerGone(notice.DrvPath, d.now()))
 }
 
 // wantsDerivation reports whether an active evaluation has an unfinished
