@@ -1,0 +1,407 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/gradient-ci/gradient/protocol"
+	"github.com/gradient-ci/gradient/web"
+)
+
+// dialWorker opens the node's worker endpoint with a worker token, as a
+// hand-written client that speaks the protocol frame by frame.
+func dialWorker(ctx context.Context, t *testing.T, n *node, token string) *websocket.Conn {
+	t.Helper()
+	c, resp, err := websocket.Dial(ctx, n.url()+"/api/v1/workers/connect", &websocket.DialOptions{
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
+	})
+	if err != nil {
+		t.Fatalf("dial the worker endpoint: %v", err)
+	}
+	if resp.Body != nil {
+		resp.Body.Close()
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// readClose reads frames from c until the node closes it, and returns the
+// close status, the reason and the messages read before.
+func readClose(ctx context.Context, t *testing.T, c *websocket.Conn) (websocket.StatusCode, string, []protocol.Message) {
+	t.Helper()
+	var got []protocol.Message
+	for {
+		_, frame, err := c.Read(ctx)
+		if err != nil {
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) {
+				t.Fatalf("read from the node: %v, want a close frame", err)
+			}
+			return ce.Code, ce.Reason, got
+		}
+		m, err := protocol.Decode(frame)
+		if err != nil {
+			t.Fatalf("protocol.Decode(frame from the node) = %v", err)
+		}
+		got = append(got, m)
+	}
+}
+
+// hello is a valid Hello that no job of the tests matches, because no
+// flake of the tests builds for its system.
+func hello(version int) *protocol.Hello {
+	return &protocol.Hello{
+		Version:      version,
+		Capabilities: []protocol.Capability{protocol.CapBuild},
+		Systems:      []string{"riscv64-linux"},
+		MaxJobs:      1,
+		CPUs:         1,
+		MemoryBytes:  1 << 30,
+	}
+}
+
+// writeMessage sends m as one binary frame.
+func writeMessage(ctx context.Context, t *testing.T, c *websocket.Conn, m protocol.Message) {
+	t.Helper()
+	frame, err := protocol.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Write(ctx, websocket.MessageBinary, frame); err != nil {
+		t.Fatalf("write %s: %v", m.Type(), err)
+	}
+}
+
+// TestWorkerProtocolFaults connects clients with an old protocol version
+// and with garbage frames to a real node while a real `gradient worker`
+// runs an evaluation. Each client is closed with a reason and logged once,
+// and the evaluation completes on the real worker, whose connection
+// stays up.
+func TestWorkerProtocolFaults(t *testing.T) {
+	requireNix(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test flake builds for x86_64-linux")
+	}
+	n := startNode(t, filepath.Join(t.TempDir(), "data"), storeDir(t, "unused-store"), "--no-worker")
+	noUpstream(t, n)
+	procs := registerWorkers(t, n, "w1")
+	tokens := map[string]string{}
+	for _, name := range []string{"old-version", "garbage-first", "garbage-later", "text-frame"} {
+		tokens[name] = strings.TrimSpace(n.mustCLI("worker", "register", name))
+	}
+
+	n.mustCLI("project", "create", "demo/faults", "--flake", writeFlake(t, slowFlake))
+	n.mustCLI("project", "evaluate", "demo/faults")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tests := []struct {
+		name       string
+		send       func(c *websocket.Conn)
+		wantStatus websocket.StatusCode
+		wantReason string
+		// wantLog is the message the node logs for the rejection.
+		wantLog string
+	}{{
+		name:       "old-version",
+		send:       func(c *websocket.Conn) { writeMessage(ctx, t, c, hello(protocol.Version-1)) },
+		wantStatus: websocket.StatusPolicyViolation,
+		wantReason: "protocol version 0 is not supported",
+		wantLog:    `msg="worker rejected"`,
+	}, {
+		name: "garbage-first",
+		send: func(c *websocket.Conn) {
+			if err := c.Write(ctx, websocket.MessageBinary, []byte("\xff\x00 not cbor at all")); err != nil {
+				t.Fatal(err)
+			}
+		},
+		wantStatus: websocket.StatusUnsupportedData,
+		wantReason: "malformed frame",
+		wantLog:    `msg="worker rejected"`,
+	}, {
+		name: "garbage-later",
+		send: func(c *websocket.Conn) {
+			writeMessage(ctx, t, c, hello(protocol.Version))
+			_, frame, err := c.Read(ctx)
+			if err != nil {
+				t.Fatalf("read welcome: %v", err)
+			}
+			if m, err := protocol.Decode(frame); err != nil || m.Type() != (&protocol.Welcome{}).Type() {
+				t.Fatalf("first message from the node = %v, %v; want a welcome", m, err)
+			}
+			// A frame that is valid CBOR but names no known message.
+			if err := c.Write(ctx, websocket.MessageBinary, []byte("\xa2dtypedjunkdbody\x41\x00")); err != nil {
+				t.Fatal(err)
+			}
+		},
+		wantStatus: websocket.StatusUnsupportedData,
+		wantReason: "unknown message type",
+		wantLog:    `msg="malformed frame from worker: closing the connection"`,
+	}, {
+		name: "text-frame",
+		send: func(c *websocket.Conn) {
+			if err := c.Write(ctx, websocket.MessageText, []byte(`{"type":"hello"}`)); err != nil {
+				t.Fatal(err)
+			}
+		},
+		wantStatus: websocket.StatusUnsupportedData,
+		wantReason: "text frame",
+		wantLog:    `msg="worker rejected"`,
+	}}
+	for _, tt := range tests {
+		c := dialWorker(ctx, t, n, tokens[tt.name])
+		tt.send(c)
+		status, reason, msgs := readClose(ctx, t, c)
+		if status != tt.wantStatus || !strings.Contains(reason, tt.wantReason) {
+			t.Errorf("%s: closed with %d %q, want %d with %q", tt.name, status, reason, tt.wantStatus, tt.wantReason)
+		}
+		if tt.name == "old-version" {
+			if len(msgs) != 1 || msgs[0].Type() != (&protocol.Reject{}).Type() ||
+				!strings.Contains(msgs[0].(*protocol.Reject).Reason, tt.wantReason) {
+				t.Errorf("old-version: messages before the close = %+v, want one reject with %q", msgs, tt.wantReason)
+			}
+		}
+	}
+
+	show := waitEvaluation(t, n, "demo/faults", isFinal)
+	checkAllBuilt(t, n, show)
+
+	// Each rejection is logged once, on one line naming the worker.
+	log := n.logText()
+	for _, tt := range tests {
+		lines := 0
+		for _, line := range strings.Split(log, "\n") {
+			if strings.Contains(line, "worker_id="+tt.name+" ") && strings.Contains(line, "level=WARN") {
+				lines++
+				if !strings.Contains(line, tt.wantLog) {
+					t.Errorf("%s: node logged %q, want %s", tt.name, line, tt.wantLog)
+				}
+			}
+		}
+		if lines != 1 {
+			t.Errorf("%s: node logged %d warnings, want 1", tt.name, lines)
+		}
+	}
+	if strings.Contains(procs["w1"].logText(), "reconnecting") {
+		t.Errorf("the real worker lost its connection while the bad clients were rejected:\n%s", procs["w1"].logText())
+	}
+	var ws []web.WorkerInfo
+	decodeJSON(t, n.mustCLI("worker", "list", "--json"), &ws)
+	for _, w := range ws {
+		if w.Name == "w1" && (w.State != web.WorkerConnected || w.Builds != 3) {
+			t.Errorf("worker w1 = %+v, want connected with 3 builds", w)
+		}
+	}
+}
+
+// cutProxy forwards loopback TCP connections to a node. It cuts the first
+// worker session once cutAfter bytes went from the worker to the node, and
+// counts the bytes each later worker session sends.
+type cutProxy struct {
+	ln       net.Listener
+	target   string
+	cutAfter int64
+
+	mu sync.Mutex
+	// sessions counts the worker sessions; after holds the bytes that
+	// worker sessions after the cut sent to the node.
+	sessions int
+	cut      bool
+	after    int64
+	cutDone  chan struct{}
+}
+
+func startCutProxy(t *testing.T, target string, cutAfter int64) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target, cutAfter: cutAfter, cutDone: make(chan struct{})}
+	var wg sync.WaitGroup
+	var conns sync.Map
+	t.Cleanup(func() {
+		ln.Close()
+		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Store(c, true)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer conns.Delete(c)
+				p.forward(c, &conns)
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) url() string { return "http://" + p.ln.Addr().String() }
+
+// forward copies c to the node and back. A connection whose request is
+// the worker endpoint is a worker session: its upstream bytes are counted.
+func (p *cutProxy) forward(c net.Conn, conns *sync.Map) {
+	defer c.Close()
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	conns.Store(up, true)
+	defer conns.Delete(up)
+	defer up.Close()
+
+	go func() {
+		io.Copy(c, up)
+		c.Close()
+	}()
+
+	buf := make([]byte, 32<<10)
+	n, err := c.Read(buf)
+	if err != nil {
+		return
+	}
+	session := bytes.Contains(buf[:n], []byte("/api/v1/workers/connect"))
+	first := false
+	if session {
+		p.mu.Lock()
+		p.sessions++
+		first = p.sessions == 1
+		p.mu.Unlock()
+	}
+	var sent int64
+	for {
+		if _, err := up.Write(buf[:n]); err != nil {
+			return
+		}
+		sent += int64(n)
+		if session && !first {
+			p.mu.Lock()
+			if p.cut {
+				p.after += int64(n)
+			}
+			p.mu.Unlock()
+		}
+		if first && sent >= p.cutAfter {
+			p.mu.Lock()
+			p.cut = true
+			p.mu.Unlock()
+			close(p.cutDone)
+			return
+		}
+		n, err = c.Read(buf)
+		if err != nil {
+			return
+		}
+	}
+}
+
+// bytesAfterCut returns what worker sessions after the cut sent.
+func (p *cutProxy) bytesAfterCut() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.after
+}
+
+// bigFlake builds one output of 4 MB that zstd cannot compress.
+const bigFlake = `{ outputs = { self }: {
+  packages.x86_64-linux.big = builtins.derivation {
+    name = "big"; system = "x86_64-linux"; builder = "/bin/sh";
+    args = [ "-c" "head -c 4000000 /dev/urandom > $out" ];
+  };
+}; }`
+
+var resumeRe = regexp.MustCompile(`msg="resuming NAR upload" component=hub .*store_path=(\S+) offset=(\d+) file_size=(\d+)`)
+
+// TestNARUploadResumesAfterCut puts a proxy between a `gradient worker`
+// and the node that cuts the worker's connection once, in the middle of
+// the upload of a 4 MB output. The worker reconnects, builds the job
+// again from its store and resumes the upload at the offset the node
+// kept. Then the node serves the output, and nix copies it with the
+// node's key.
+func TestNARUploadResumesAfterCut(t *testing.T) {
+	requireNix(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test flake builds for x86_64-linux")
+	}
+	n := startNode(t, filepath.Join(t.TempDir(), "data"), storeDir(t, "unused-store"), "--no-worker")
+	noUpstream(t, n)
+	const cutAfter = 3 << 20
+	proxy := startCutProxy(t, n.addr, cutAfter)
+	token := strings.TrimSpace(n.mustCLI("worker", "register", "w1"))
+	w := startWorker(t, n, "w1", token, "--server", proxy.url())
+	waitWorkers(t, n, "w1")
+
+	n.mustCLI("project", "create", "demo/big", "--flake", writeFlake(t, bigFlake))
+	n.mustCLI("project", "evaluate", "demo/big")
+	select {
+	case <-proxy.cutDone:
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the worker did not send 3 MiB within 3 minutes")
+	}
+	show := waitEvaluation(t, n, "demo/big", isFinal)
+	if show.Evaluation.Status != "succeeded" || len(show.Builds) != 1 || show.Builds[0].Status != "succeeded" {
+		t.Fatalf("evaluation = %+v, builds %+v; want one succeeded build", show.Evaluation, show.Builds)
+	}
+	out := show.Builds[0].Outputs["out"]
+
+	m := resumeRe.FindStringSubmatch(n.logText())
+	if m == nil {
+		t.Fatalf("node log does not show a resumed NAR upload")
+	}
+	offset, _ := strconv.ParseInt(m[2], 10, 64)
+	fileSize, _ := strconv.ParseInt(m[3], 10, 64)
+	if m[1] != out || offset <= 0 || offset >= fileSize {
+		t.Errorf("node resumed %s at %d of %d, want %s inside the file", m[1], offset, fileSize, out)
+	}
+	if !strings.Contains(w.logText(), `msg="resuming NAR upload"`) {
+		t.Errorf("worker log does not show the resumed upload")
+	}
+	// After the cut the worker sends the rest of the file, plus frames
+	// and small messages, but not the part the node kept.
+	after := proxy.bytesAfterCut()
+	t.Logf("the node kept %d of %d bytes; the worker sent %d bytes after the cut", offset, fileSize, after)
+	if limit := fileSize - offset + 256<<10; after > limit || after >= fileSize/2 {
+		t.Errorf("worker sent %d bytes after the cut; want at most %d of the %d-byte file, from offset %d",
+			after, limit, fileSize, offset)
+	}
+
+	checkServed(t, n, out)
+	var c web.Cache
+	decodeJSON(t, n.mustCLI("cache", "show", "main", "--json"), &c)
+	other := storeDir(t, "other-store")
+	if _, err := tryNix(append(nixArgs(other), "--option", "trusted-public-keys", c.PublicKey,
+		"copy", "--from", n.cacheURL(), out)...); err != nil {
+		t.Fatalf("nix copy --from the cache: %v", err)
+	}
+	st, err := os.Stat(filepath.Join(other, out))
+	if err != nil {
+		t.Fatalf("copied output: %v", err)
+	}
+	if st.Size() != 4000000 {
+		t.Errorf("copied output has %d bytes, want 4000000", st.Size())
+	}
+}
