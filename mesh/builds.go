@@ -190,7 +190,7 @@ func (n *Node) buildLoop(ctx context.Context) {
 		n.mu.Unlock()
 
 		for _, e := range expired {
-			n.logger.Info("peer build announcement lapsed", "remote_peer_id", e.Peer, "drv_path", e.DrvPath)
+			n.logger.Info("peer build announcement lapsed", "remote_peer_id", peer.ID(e.Peer).String(), "drv_path", e.DrvPath)
 			n.notify(BuildNotice{Peer: peer.ID(e.Peer), DrvPath: e.DrvPath, Event: BuildExpired})
 		}
 

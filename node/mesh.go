@@ -328,7 +328,7 @@ func (l *meshLink) Find(ctx context.Context, storePath string) (web.MeshFindResu
 
 	if result.DrvPath != "" {
 		for _, b := range l.node.Building(result.DrvPath) {
-			result.Building = append(result.Building, web.MeshBuilding{PeerID: b.Peer, ETA: b.ETA})
+			result.Building = append(result.Building, web.MeshBuilding{PeerID: peer.ID(b.Peer).String(), ETA: b.ETA})
 		}
 	}
 
