@@ -262,3 +262,98 @@ func TestMeshSubstitutesFromPeer(t *testing.T) {
 		t.Errorf("mesh trust with an invalid peer ID: exit %d, stderr %q, want an error naming peer_id", code, errOut)
 	}
 }
+
+// meshSlowFlake builds one derivation that sleeps, long enough for a second
+// node to evaluate the flake while the first one builds it.
+const meshSlowFlake = `{ outputs = { self }: {
+  packages.x86_64-linux.slow = builtins.derivation {
+    name = "slow"; system = "x86_64-linux"; builder = "/bin/sh";
+    args = [ "-c" "sleep 8; echo slow > $out" ];
+  };
+}; }`
+
+// TestMeshPeerBuildPostponesLocalBuild runs two federated nodes, each
+// with its own worker store. A starts building a slow derivation, and B
+// evaluates the same flake meanwhile: B must wait for A's build and fetch
+// its output over the mesh instead of building it too.
+func TestMeshPeerBuildPostponesLocalBuild(t *testing.T) {
+	requireNix(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test flake builds for x86_64-linux")
+	}
+
+	memberA, memberB := newMeshMember(t, "a"), newMeshMember(t, "b")
+	writeFederation(t, map[string]meshMember{"org-a": memberA, "org-b": memberB})
+
+	a := startNode(t, memberA.dataDir, storeDir(t, "store-a"), "--mesh-listen", "/ip4/127.0.0.1/tcp/0")
+	stA := a.meshStatus()
+	if len(stA.Addrs) == 0 {
+		t.Fatalf("A's mesh status = %+v, want an address", stA)
+	}
+	b := startNode(t, memberB.dataDir, storeDir(t, "store-b"),
+		"--mesh-listen", "/ip4/127.0.0.1/tcp/0", "--mesh-bootstrap", stA.Addrs[0])
+	waitUntil(t, 20*time.Second, "B to connect to A", func() bool {
+		var peers []mesh.PeerInfo
+		decodeJSON(t, b.mustCLI("mesh", "peers", "--json"), &peers)
+		return len(peers) == 1 && peers[0].PeerID == stA.PeerID
+	})
+
+	flake := writeFlake(t, meshSlowFlake)
+	for _, n := range []*node{a, b} {
+		n.mustCLI("project", "create", "demo/slow", "--flake", flake, "--entry-points", "packages.*.*")
+	}
+
+	// A starts the build, and B learns of it from A's announcement.
+	a.mustCLI("project", "evaluate", "demo/slow")
+	var showA projectShow
+	waitUntil(t, 30*time.Second, "A to start building slow", func() bool {
+		decodeJSON(t, a.mustCLI("project", "show", "demo/slow", "--json"), &showA)
+		return strings.Contains(a.logText(), `msg="job assigned"`) && len(showA.Builds) == 1
+	})
+	drvPath := showA.Builds[0].DrvPath
+	waitUntil(t, 10*time.Second, "B to see A's build of slow", func() bool {
+		var found web.MeshFindResult
+		decodeJSON(t, b.mustCLI("mesh", "find", drvPath, "--json"), &found)
+		return len(found.Building) == 1 && found.Building[0].PeerID == stA.PeerID
+	})
+
+	// B evaluates while A still builds.
+	if _, progress, code := b.cli("project", "evaluate", "demo/slow", "--wait"); code != 0 {
+		t.Fatalf("evaluate on B: exit %d\n%s", code, progress)
+	}
+
+	var showB projectShow
+	decodeJSON(t, b.mustCLI("project", "show", "demo/slow", "--json"), &showB)
+	if len(showB.Builds) != 1 {
+		t.Fatalf("B's builds = %+v, want one", showB.Builds)
+	}
+	got := showB.Builds[0]
+	if got.DrvPath != drvPath {
+		t.Errorf("B's derivation = %s, want A's %s", got.DrvPath, drvPath)
+	}
+	if got.Status != "cached" {
+		t.Errorf("B's build of slow is %q, want cached", got.Status)
+	}
+
+	decodeJSON(t, a.mustCLI("project", "show", "demo/slow", "--json"), &showA)
+	if showA.Builds[0].Status != "succeeded" {
+		t.Errorf("A's build of slow is %q, want succeeded", showA.Builds[0].Status)
+	}
+	if out := showA.Builds[0].Outputs["out"]; out == "" || got.Outputs["out"] != out {
+		t.Errorf("B's output = %q, want A's %q", got.Outputs["out"], out)
+	}
+
+	logB := b.logText()
+	if !strings.Contains(logB, "reason=postponed-for-peer") {
+		t.Error("B's log does not show slow postponed for A's build")
+	}
+	if strings.Contains(logB, `msg="job assigned"`) {
+		t.Error("B assigned a job, want no local build")
+	}
+	if !strings.Contains(logB, `msg="derivation built by a mesh peer"`) || !strings.Contains(logB, "remote_peer_id="+stA.PeerID) {
+		t.Errorf("B's log does not show slow fetched from A (%s)", stA.PeerID)
+	}
+	if v := b.metricValue("gradient_mesh_fetches_total", `result="fetched"`); v < 1 {
+		t.Errorf("B's mesh fetches = %v, want at least 1", v)
+	}
+}
