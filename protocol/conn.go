@@ -130,6 +130,14 @@ func (p *pipeConn) Write(ctx context.Context, m Message) error {
 	if err != nil {
 		return err
 	}
+	// A Write after Close fails, as on a WebSocket. Without this check
+	// the select below could still pick the free buffer slot, and the
+	// other end would read a message sent after it closed the pipe.
+	select {
+	case <-p.shared.done:
+		return p.shared.err
+	default:
+	}
 	select {
 	case p.out <- frame:
 		return nil
