@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -81,9 +82,21 @@ type RunConfig struct {
 
 // RunWorker connects to a node with dial and serves sessions until ctx
 // ends, reconnecting with jittered exponential backoff after a failed dial
-// or an ended session. It returns nil when ctx ends and a *RejectError as
-// soon as the node rejects the worker.
+// or an ended session. A build whose connection ends runs on until nix has
+// built it, so the job's next offer finds the outputs in the store (see
+// ServeConfig.Detached). It returns nil when ctx ends and a *RejectError
+// as soon as the node rejects the worker, after it cancelled and waited
+// for the builds that outlived their sessions.
 func RunWorker(ctx context.Context, dial Dialer, cfg RunConfig) error {
+	ctx, cancel := context.WithCancel(ctx)
+	if cfg.Detached == nil {
+		cfg.Detached = &sync.WaitGroup{}
+	}
+	// Deferred calls run last in, first out: cancel the detached builds,
+	// then wait for them.
+	defer cfg.Detached.Wait()
+	defer cancel()
+
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 500 * time.Millisecond
 	}

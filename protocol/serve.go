@@ -63,6 +63,14 @@ type ServeConfig struct {
 	// Default "/".
 	StoreDir string
 	Logger   *slog.Logger
+	// Detached, when set, keeps each build job running after its
+	// connection ends, until nix has built the derivation, so that the
+	// outputs stay in the worker's store and the job's next offer finds
+	// them built. Its log is dropped and its upload fails once the
+	// connection is gone, and ctx still cancels it. Serve returns without
+	// waiting for these builds: it adds them to Detached, and the caller
+	// waits on it. When nil, Serve cancels every job when it returns.
+	Detached *sync.WaitGroup
 }
 
 func (c ServeConfig) withDefaults() ServeConfig {
@@ -98,6 +106,9 @@ type workerSession struct {
 	// context ends closes the connection.
 	ctx  context.Context
 	done chan struct{}
+	// detachedCtx is the context of builds that outlive the session: the
+	// ctx passed to Serve. Set only when cfg.Detached is set.
+	detachedCtx context.Context
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -110,13 +121,15 @@ type workerSession struct {
 
 // Serve runs one session of a worker over conn: the handshake, then the
 // jobs the node offers, until the connection or ctx ends. It cancels the
-// session's running jobs when it returns, and returns why the session
-// ended: a *RejectError when the node refused the worker.
+// session's running jobs when it returns, except builds that
+// cfg.Detached lets finish, and returns why the session ended: a
+// *RejectError when the node refused the worker.
 func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
 	cfg = cfg.withDefaults()
 	if cfg.Setup == nil {
 		return errors.New("serve: ServeConfig.Setup is required")
 	}
+	detachedCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -138,6 +151,9 @@ func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
 		queries: map[uint64]chan *PathAnswer{},
 		offsets: map[uint64]chan *NAROffset{},
 		stored:  map[uint64]chan *NARStored{},
+	}
+	if cfg.Detached != nil {
+		s.detachedCtx = detachedCtx
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -287,13 +303,20 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 		_ = s.conn.Write(s.ctx, &JobDecline{Job: offer.Job, Reason: decline})
 		return
 	}
-	jobCtx, cancel := context.WithCancel(s.ctx)
+	// A build that may outlive the session runs on the context of the
+	// worker, and the session does not wait for it.
+	detached := offer.Build != nil && s.detachedCtx != nil
+	parent, jobs := s.ctx, wg
+	if detached {
+		parent, jobs = s.detachedCtx, s.cfg.Detached
+	}
+	jobCtx, cancel := context.WithCancel(parent)
 	s.jobs[offer.Job] = cancel
 	s.mu.Unlock()
 
-	wg.Add(1)
+	jobs.Add(1)
 	go func() {
-		defer wg.Done()
+		defer jobs.Done()
 		release := func() {
 			cancel()
 			s.mu.Lock()
@@ -304,17 +327,34 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 			release()
 			return
 		}
-		result := s.runJob(jobCtx, offer)
+		result := s.runJob(jobCtx, offer, detached)
 		// The slot is free before the result goes out: a node that reads
 		// the result may offer the next job at once.
 		release()
+		if detached && s.ctx.Err() != nil {
+			s.logDetached(offer, result)
+			return
+		}
 		_ = s.conn.Write(s.ctx, result)
 	}()
 }
 
+// logDetached logs the end of a build that ran on after its session
+// ended, whose result cannot reach the node.
+func (s *workerSession) logDetached(offer *JobOffer, result *JobResult) {
+	log := s.log.With("job", offer.Job, "drv_path", offer.Build.DrvPath)
+	if result.Error != nil {
+		log.Info("build ended after the connection to the node ended", "err", result.Error.Message, "build_failed", result.Error.BuildFailed)
+		return
+	}
+	log.Info("build ended after the connection to the node ended")
+}
+
 // runJob runs one job with the session's Worker and returns its result.
-func (s *workerSession) runJob(ctx context.Context, offer *JobOffer) *JobResult {
-	log := &logWriter{s: s, job: offer.Job}
+// A detached job drops its log once the connection is gone, instead of
+// failing, so that nix goes on.
+func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bool) *JobResult {
+	log := &logWriter{s: s, job: offer.Job, dropOnLoss: detached}
 	sink := &remoteSink{s: s, job: offer.Job}
 	result := &JobResult{Job: offer.Job}
 	var err error
@@ -376,16 +416,22 @@ func (s *workerSession) answerQuery(ctx context.Context, q *PathQuery) {
 type logWriter struct {
 	s   *workerSession
 	job uint64
+	// dropOnLoss makes Write drop p instead of failing when the
+	// connection is gone.
+	dropOnLoss bool
 }
 
 // Write sends p in chunks. It returns an error wrapping ErrConnectionLost
-// when a chunk cannot be written.
+// when a chunk cannot be written, unless dropOnLoss is set.
 func (w *logWriter) Write(p []byte) (int, error) {
 	for sent := 0; sent < len(p); {
 		n := min(len(p)-sent, MaxChunkSize)
 		data := make([]byte, n)
 		copy(data, p[sent:sent+n])
 		if err := w.s.conn.Write(w.s.ctx, &LogChunk{Job: w.job, Data: data}); err != nil {
+			if w.dropOnLoss {
+				return len(p), nil
+			}
 			return sent, fmt.Errorf("send log: %w: %w", ErrConnectionLost, err)
 		}
 		sent += n

@@ -1,0 +1,93 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// cutDuringBuild runs Serve with cfg against a node played by the test,
+// which offers one build and closes the connection while the build runs.
+// The build runs until its context ends or, once Serve returned, until
+// the test releases it. cutDuringBuild returns the build's context error
+// joined with the error of a log write at its end.
+func cutDuringBuild(t *testing.T, cfg ServeConfig) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	started := make(chan struct{})
+	release := make(chan struct{})
+	ended := make(chan error, 1)
+	w := &fakeWorker{build: func(ctx context.Context, req BuildRequest, log io.Writer, nars NARSink) (BuildResult, error) {
+		close(started)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		// A detached build still writes its log after the connection
+		// ended: the write must not fail.
+		_, logErr := fmt.Fprintln(log, "build output")
+		ended <- errors.Join(ctx.Err(), logErr)
+		return BuildResult{}, nil
+	}}
+	cfg.Setup = func(context.Context, *Welcome) (Worker, error) { return w, nil }
+	cfg.Systems = []string{"x86_64-linux"}
+	cfg.SpoolDir = t.TempDir()
+
+	nodeEnd, workerEnd := Pipe()
+	served := make(chan error, 1)
+	go func() { served <- Serve(ctx, workerEnd, cfg) }()
+
+	if _, err := nodeEnd.Read(ctx); err != nil {
+		t.Fatalf("read hello: %v", err)
+	}
+	welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 10000, LeaseMillis: 30000, CachePath: "/cache/main"}
+	if err := nodeEnd.Write(ctx, welcome); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodeEnd.Write(ctx, &JobOffer{Job: 1, Build: &BuildRequest{DrvPath: "/nix/store/x.drv"}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("the build did not start within 30s")
+	}
+	nodeEnd.Close(websocket.StatusGoingAway, "connection cut")
+
+	select {
+	case <-served:
+	case <-ctx.Done():
+		t.Fatal("Serve did not return within 30s of the cut")
+	}
+	close(release)
+	return <-ended
+}
+
+// TestServeDetachedBuildOutlivesSession checks that with
+// ServeConfig.Detached a build goes on after its connection ends and can
+// write its log, while Serve returns without waiting for it.
+func TestServeDetachedBuildOutlivesSession(t *testing.T) {
+	var detached sync.WaitGroup
+	err := cutDuringBuild(t, ServeConfig{Detached: &detached})
+	if err != nil {
+		t.Errorf("detached build ended with %v, want its context alive and its log writable", err)
+	}
+	detached.Wait()
+}
+
+// TestServeCancelsBuildWithoutDetached checks that without
+// ServeConfig.Detached the end of the connection cancels the build.
+func TestServeCancelsBuildWithoutDetached(t *testing.T) {
+	err := cutDuringBuild(t, ServeConfig{})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("build ended with %v, want context.Canceled", err)
+	}
+}
