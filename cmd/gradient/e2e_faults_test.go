@@ -210,14 +210,17 @@ func TestWorkerProtocolFaults(t *testing.T) {
 }
 
 // cutProxy forwards loopback TCP connections to a node. It cuts the first
-// worker session once cutAfter bytes went from the worker to the node, and
-// counts the bytes each later worker session sends.
+// worker session once cutAfter bytes went from the worker to the node,
+// unless cutAfter is 0, and counts the bytes each later worker session
+// sends. cutNow cuts the open worker sessions.
 type cutProxy struct {
 	ln       net.Listener
 	target   string
 	cutAfter int64
 
 	mu sync.Mutex
+	// open holds both connections of each open worker session.
+	open map[net.Conn]net.Conn
 	// sessions counts the worker sessions; after holds the bytes that
 	// worker sessions after the cut sent to the node.
 	sessions int
@@ -232,7 +235,7 @@ func startCutProxy(t *testing.T, target string, cutAfter int64) *cutProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{ln: ln, target: target, cutAfter: cutAfter, cutDone: make(chan struct{})}
+	p := &cutProxy{ln: ln, target: target, cutAfter: cutAfter, cutDone: make(chan struct{}), open: map[net.Conn]net.Conn{}}
 	var wg sync.WaitGroup
 	var conns sync.Map
 	t.Cleanup(func() {
@@ -289,8 +292,14 @@ func (p *cutProxy) forward(c net.Conn, conns *sync.Map) {
 	if session {
 		p.mu.Lock()
 		p.sessions++
-		first = p.sessions == 1
+		first = p.sessions == 1 && p.cutAfter > 0
+		p.open[c] = up
 		p.mu.Unlock()
+		defer func() {
+			p.mu.Lock()
+			delete(p.open, c)
+			p.mu.Unlock()
+		}()
 	}
 	var sent int64
 	for {
@@ -316,6 +325,16 @@ func (p *cutProxy) forward(c net.Conn, conns *sync.Map) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// cutNow closes both connections of each open worker session.
+func (p *cutProxy) cutNow() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c, up := range p.open {
+		c.Close()
+		up.Close()
 	}
 }
 
@@ -403,5 +422,74 @@ func TestNARUploadResumesAfterCut(t *testing.T) {
 	}
 	if st.Size() != 4000000 {
 		t.Errorf("copied output has %d bytes, want 4000000", st.Size())
+	}
+}
+
+// slowBuildFlake has one build that logs a line when its builder starts
+// and then takes 4 seconds.
+const slowBuildFlake = `{ outputs = { self }: {
+  packages.x86_64-linux.slow = builtins.derivation {
+    name = "slow"; system = "x86_64-linux"; builder = "/bin/sh";
+    args = [ "-c" "echo builder running; sleep 4; echo done > $out" ];
+  };
+}; }`
+
+// TestBuildSurvivesDroppedConnection cuts a worker's connection while its
+// builder runs. The worker lets nix finish the build, reconnects, and
+// answers the job's next offer from its store, so the builder runs once.
+func TestBuildSurvivesDroppedConnection(t *testing.T) {
+	requireNix(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test flake builds for x86_64-linux")
+	}
+	n := startNode(t, filepath.Join(t.TempDir(), "data"), storeDir(t, "unused-store"), "--no-worker")
+	noUpstream(t, n)
+	proxy := startCutProxy(t, n.addr, 0)
+	token := strings.TrimSpace(n.mustCLI("worker", "register", "w1"))
+	w := startWorker(t, n, "w1", token, "--server", proxy.url())
+	waitWorkers(t, n, "w1")
+
+	n.mustCLI("project", "create", "demo/drop", "--flake", writeFlake(t, slowBuildFlake))
+	n.mustCLI("project", "evaluate", "demo/drop")
+	var id uint64
+	show := waitEvaluation(t, n, "demo/drop", func(show evalShow) bool {
+		for _, b := range show.Builds {
+			if b.Status == "building" {
+				id = b.ID
+				return true
+			}
+		}
+		return false
+	})
+	if id == 0 {
+		t.Fatalf("the build never ran: evaluation %q, builds %+v", show.Evaluation.Status, show.Builds)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(n.mustCLI("build", "log", itoa(id)), "builder running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the builder did not start within 60s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	proxy.cutNow()
+
+	show = waitEvaluation(t, n, "demo/drop", isFinal)
+	if show.Evaluation.Status != "succeeded" || len(show.Builds) != 1 || show.Builds[0].Status != "succeeded" {
+		t.Fatalf("evaluation = %+v, builds %+v; want one succeeded build", show.Evaluation, show.Builds)
+	}
+	checkServed(t, n, show.Builds[0].Outputs["out"])
+
+	log := n.mustCLI("build", "log", itoa(id))
+	if c := strings.Count(log, "builder running"); c != 1 {
+		t.Errorf("the builder ran %d times, want once; build log:\n%s", c, log)
+	}
+	if c := strings.Count(log, "gradient: build attempt started"); c < 2 {
+		t.Errorf("build log shows %d attempts, want the cut one and the next; build log:\n%s", c, log)
+	}
+	if !strings.Contains(w.logText(), `msg="build ended after the connection to the node ended"`) {
+		t.Errorf("worker log does not show the build that went on after the cut")
+	}
+	if !strings.Contains(w.logText(), "reconnecting") {
+		t.Errorf("worker log does not show a reconnect after the cut")
 	}
 }
