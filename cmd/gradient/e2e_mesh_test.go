@@ -272,25 +272,30 @@ const meshSlowFlake = `{ outputs = { self }: {
   };
 }; }`
 
-// TestMeshPeerBuildPostponesLocalBuild runs two federated nodes, each
-// with its own worker store. A starts building a slow derivation, and B
-// evaluates the same flake meanwhile: B must wait for A's build and fetch
-// its output over the mesh instead of building it too.
-func TestMeshPeerBuildPostponesLocalBuild(t *testing.T) {
-	requireNix(t)
-	if runtime.GOARCH != "amd64" {
-		t.Skip("the test flake builds for x86_64-linux")
-	}
+// meshFailingFlake builds one derivation that sleeps and then fails.
+const meshFailingFlake = `{ outputs = { self }: {
+  packages.x86_64-linux.slow = builtins.derivation {
+    name = "slow"; system = "x86_64-linux"; builder = "/bin/sh";
+    args = [ "-c" "sleep 5; echo failing on purpose; exit 1" ];
+  };
+}; }`
 
+// startBuildingOnPeer starts federated nodes A and B, each with its own
+// worker store, creates project demo/slow from flakeSrc on both, and
+// evaluates it on A. It returns once A builds the derivation slow and B
+// has A's announcement of that build, with A's mesh status and the .drv
+// path.
+func startBuildingOnPeer(t *testing.T, flakeSrc string) (a, b *node, stA mesh.Status, drvPath string) {
+	t.Helper()
 	memberA, memberB := newMeshMember(t, "a"), newMeshMember(t, "b")
 	writeFederation(t, map[string]meshMember{"org-a": memberA, "org-b": memberB})
 
-	a := startNode(t, memberA.dataDir, storeDir(t, "store-a"), "--mesh-listen", "/ip4/127.0.0.1/tcp/0")
-	stA := a.meshStatus()
+	a = startNode(t, memberA.dataDir, storeDir(t, "store-a"), "--mesh-listen", "/ip4/127.0.0.1/tcp/0")
+	stA = a.meshStatus()
 	if len(stA.Addrs) == 0 {
 		t.Fatalf("A's mesh status = %+v, want an address", stA)
 	}
-	b := startNode(t, memberB.dataDir, storeDir(t, "store-b"),
+	b = startNode(t, memberB.dataDir, storeDir(t, "store-b"),
 		"--mesh-listen", "/ip4/127.0.0.1/tcp/0", "--mesh-bootstrap", stA.Addrs[0])
 	waitUntil(t, 20*time.Second, "B to connect to A", func() bool {
 		var peers []mesh.PeerInfo
@@ -298,7 +303,7 @@ func TestMeshPeerBuildPostponesLocalBuild(t *testing.T) {
 		return len(peers) == 1 && peers[0].PeerID == stA.PeerID
 	})
 
-	flake := writeFlake(t, meshSlowFlake)
+	flake := writeFlake(t, flakeSrc)
 	for _, n := range []*node{a, b} {
 		n.mustCLI("project", "create", "demo/slow", "--flake", flake, "--entry-points", "packages.*.*")
 	}
@@ -310,12 +315,26 @@ func TestMeshPeerBuildPostponesLocalBuild(t *testing.T) {
 		decodeJSON(t, a.mustCLI("project", "show", "demo/slow", "--json"), &showA)
 		return strings.Contains(a.logText(), `msg="job assigned"`) && len(showA.Builds) == 1
 	})
-	drvPath := showA.Builds[0].DrvPath
+	drvPath = showA.Builds[0].DrvPath
 	waitUntil(t, 10*time.Second, "B to see A's build of slow", func() bool {
 		var found web.MeshFindResult
 		decodeJSON(t, b.mustCLI("mesh", "find", drvPath, "--json"), &found)
 		return len(found.Building) == 1 && found.Building[0].PeerID == stA.PeerID
 	})
+
+	return a, b, stA, drvPath
+}
+
+// TestMeshPeerBuildPostponesLocalBuild runs two federated nodes. A starts
+// building a slow derivation, and B evaluates the same flake meanwhile: B
+// must wait for A's build and fetch its output over the mesh instead of
+// building it too.
+func TestMeshPeerBuildPostponesLocalBuild(t *testing.T) {
+	requireNix(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test flake builds for x86_64-linux")
+	}
+	a, b, stA, drvPath := startBuildingOnPeer(t, meshSlowFlake)
 
 	// B evaluates while A still builds.
 	if _, progress, code := b.cli("project", "evaluate", "demo/slow", "--wait"); code != 0 {
@@ -335,6 +354,7 @@ func TestMeshPeerBuildPostponesLocalBuild(t *testing.T) {
 		t.Errorf("B's build of slow is %q, want cached", got.Status)
 	}
 
+	var showA projectShow
 	decodeJSON(t, a.mustCLI("project", "show", "demo/slow", "--json"), &showA)
 	if showA.Builds[0].Status != "succeeded" {
 		t.Errorf("A's build of slow is %q, want succeeded", showA.Builds[0].Status)
@@ -355,5 +375,44 @@ func TestMeshPeerBuildPostponesLocalBuild(t *testing.T) {
 	}
 	if v := b.metricValue("gradient_mesh_fetches_total", `result="fetched"`); v < 1 {
 		t.Errorf("B's mesh fetches = %v, want at least 1", v)
+	}
+}
+
+// TestMeshPeerBuildFailureBuildsLocally runs two federated nodes. B
+// evaluates while A builds a derivation that fails: when A announces the
+// failure, B must build the derivation itself at once instead of waiting
+// for A's estimated time of arrival plus the slack, minutes away.
+func TestMeshPeerBuildFailureBuildsLocally(t *testing.T) {
+	requireNix(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test flake builds for x86_64-linux")
+	}
+	_, b, stA, drvPath := startBuildingOnPeer(t, meshFailingFlake)
+
+	// The build fails on B too, but B runs it long before A's ETA plus
+	// the slack.
+	b.mustCLI("project", "evaluate", "demo/slow")
+	var showB projectShow
+	waitUntil(t, 40*time.Second, "B's evaluation to end", func() bool {
+		decodeJSON(t, b.mustCLI("project", "show", "demo/slow", "--json"), &showB)
+		return showB.Evaluation.Status == "failed" || showB.Evaluation.Status == "succeeded" || showB.Evaluation.Status == "aborted"
+	})
+	if len(showB.Builds) != 1 || showB.Builds[0].DrvPath != drvPath {
+		t.Fatalf("B's builds = %+v, want one of %s", showB.Builds, drvPath)
+	}
+	if got := showB.Builds[0].Status; got != "failed" {
+		t.Errorf("B's build of slow is %q, want failed", got)
+	}
+
+	logB := b.logText()
+	if !strings.Contains(logB, "reason=postponed-for-peer") {
+		t.Error("B's log does not show slow postponed for A's build")
+	}
+	if !strings.Contains(logB, `msg="a peer's build ended without outputs, so the derivation is built here"`) ||
+		!strings.Contains(logB, "remote_peer_id="+stA.PeerID) {
+		t.Errorf("B's log does not show A's (%s) build ending", stA.PeerID)
+	}
+	if !strings.Contains(logB, `msg="job assigned"`) {
+		t.Error("B assigned no job, want a local build after A's failure")
 	}
 }
