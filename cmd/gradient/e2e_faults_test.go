@@ -436,7 +436,7 @@ const slowBuildFlake = `{ outputs = { self }: {
 
 // TestBuildSurvivesDroppedConnection cuts a worker's connection while its
 // builder runs. The worker lets nix finish the build, reconnects, and
-// answers the job's next offer from its store, so the builder runs once.
+// completes the job's next offer from its store, so the builder runs once.
 func TestBuildSurvivesDroppedConnection(t *testing.T) {
 	requireNix(t)
 	if runtime.GOARCH != "amd64" {
