@@ -240,8 +240,8 @@ func (d *driver) addReportedGraph(ctx context.Context, e db.Evaluation, builds [
 			Cached:     b.Status.Finished(),
 		})
 		if !b.Status.Finished() {
-			// A peer that started the build before this graph came in
-			// announced it only to the mesh's board.
+			// A build that a peer started before this graph was added is
+			// known only from the mesh's board of announcements.
 			g.Derivations[len(g.Derivations)-1].PeerETA = d.mesh.peerETA(b.DrvPath)
 		}
 	}
