@@ -94,6 +94,10 @@ type SettingsUpdate struct {
 	MaxSize         *int64    `json:"max_size,omitempty"`
 	KeepEvaluations *int      `json:"keep_evaluations,omitempty"`
 	Pins            *[]string `json:"pins,omitempty"`
+	// Upstreams, when set, replaces the whole list of upstreams in the
+	// same write as the other fields. The API does not take it: it edits
+	// upstreams one at a time.
+	Upstreams *[]Upstream `json:"-"`
 }
 
 // compiledSettings is Settings parsed for the request path.
@@ -258,7 +262,26 @@ func cloneSettings(in Settings) Settings {
 // invalid value leaves the settings unchanged and returns an error
 // wrapping ErrInvalidSettings.
 func (s *Store) UpdateSettings(ctx context.Context, update SettingsUpdate) (Settings, error) {
+	var upstreams []Upstream
+	if update.Upstreams != nil {
+		upstreams = make([]Upstream, 0, len(*update.Upstreams))
+		for _, u := range *update.Upstreams {
+			u, err := normalizeUpstream(u)
+			if err != nil {
+				return Settings{}, err
+			}
+			if slices.ContainsFunc(upstreams, func(old Upstream) bool { return old.URL == u.URL }) {
+				return Settings{}, fmt.Errorf("%w: upstream URL %q is listed twice", ErrInvalidSettings, u.URL)
+			}
+			upstreams = append(upstreams, u)
+		}
+	}
+
 	return s.changeSettings(ctx, func(settings *Settings) error {
+		if update.Upstreams != nil {
+			settings.Upstreams = upstreams
+		}
+
 		if update.Priority != nil {
 			settings.Priority = *update.Priority
 		}
@@ -291,19 +314,9 @@ func (s *Store) UpdateSettings(ctx context.Context, update SettingsUpdate) (Sett
 // is stored without a trailing slash and the priority defaults to
 // DefaultUpstreamPriority.
 func (s *Store) AddUpstream(ctx context.Context, u Upstream) (Settings, error) {
-	u.URL = strings.TrimRight(u.URL, "/")
-	if u.Priority == 0 {
-		u.Priority = DefaultUpstreamPriority
-	}
-
-	for _, key := range u.PublicKeys {
-		if _, err := narinfo.ParsePublicKey(key); err != nil {
-			return Settings{}, fmt.Errorf("%w: public key %q: %w", ErrInvalidSettings, key, err)
-		}
-	}
-
-	if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
-		return Settings{}, fmt.Errorf("%w: upstream URL %q is not an http or https URL", ErrInvalidSettings, u.URL)
+	u, err := normalizeUpstream(u)
+	if err != nil {
+		return Settings{}, err
 	}
 
 	return s.changeSettings(ctx, func(settings *Settings) error {
@@ -312,6 +325,27 @@ func (s *Store) AddUpstream(ctx context.Context, u Upstream) (Settings, error) {
 
 		return nil
 	})
+}
+
+// normalizeUpstream checks u and returns it with its URL stored without a
+// trailing slash and its priority defaulted to DefaultUpstreamPriority.
+func normalizeUpstream(u Upstream) (Upstream, error) {
+	u.URL = strings.TrimRight(u.URL, "/")
+	if u.Priority == 0 {
+		u.Priority = DefaultUpstreamPriority
+	}
+
+	for _, key := range u.PublicKeys {
+		if _, err := narinfo.ParsePublicKey(key); err != nil {
+			return Upstream{}, fmt.Errorf("%w: public key %q: %w", ErrInvalidSettings, key, err)
+		}
+	}
+
+	if parsed, err := url.Parse(u.URL); err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" {
+		return Upstream{}, fmt.Errorf("%w: upstream URL %q is not an http or https URL", ErrInvalidSettings, u.URL)
+	}
+
+	return u, nil
 }
 
 // RemoveUpstream removes the upstream with the given URL. It returns an

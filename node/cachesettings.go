@@ -14,11 +14,8 @@ import (
 // as one changed through the API since the last start. Settings the file
 // leaves out stay as stored.
 //
-// NOTE: cache.Store has no call that replaces all settings in one
-// transaction, so this takes one call for the scalar settings and one per
-// changed upstream. ParseConfigFile checks every value against the
-// cache's rules first, so only a database error can stop it halfway, and
-// then the node does not start.
+// Every change goes into one write, so a failure leaves the stored
+// settings as they were.
 func applyCacheSettings(ctx context.Context, store *cache.Store, file *CacheSettings, log *slog.Logger) error {
 	stored := store.Settings()
 
@@ -46,29 +43,29 @@ func applyCacheSettings(ctx context.Context, store *cache.Store, file *CacheSett
 	if update.Pins != nil && !slices.Equal(*update.Pins, stored.Pins) {
 		note("pins", stored.Pins, *update.Pins)
 	}
-	if changed {
-		if _, err := store.UpdateSettings(ctx, update); err != nil {
-			return fmt.Errorf("apply config file to cache %q: %w", mainCache, err)
-		}
+	if file.Upstreams != nil && noteUpstreamChanges(stored.Upstreams, *file.Upstreams, log) {
+		changed = true
+		update.Upstreams = file.Upstreams
 	}
-
-	if file.Upstreams == nil {
+	if !changed {
 		return nil
 	}
-	return applyUpstreams(ctx, store, stored.Upstreams, *file.Upstreams, log)
+	if _, err := store.UpdateSettings(ctx, update); err != nil {
+		return fmt.Errorf("apply config file to cache %q: %w", mainCache, err)
+	}
+	return nil
 }
 
-// applyUpstreams makes the upstream list equal to want. It removes first,
-// so that the list never holds more upstreams than the cache allows.
-func applyUpstreams(ctx context.Context, store *cache.Store, stored, want []cache.Upstream, log *slog.Logger) error {
+// noteUpstreamChanges logs how the upstream list of a configuration file
+// differs from the stored one and reports whether it differs.
+func noteUpstreamChanges(stored, want []cache.Upstream, log *slog.Logger) bool {
+	changed := false
 	for _, old := range stored {
 		if slices.ContainsFunc(want, func(u cache.Upstream) bool { return u.URL == old.URL }) {
 			continue
 		}
 		log.Info("config file removes stored upstream", "url", old.URL)
-		if _, err := store.RemoveUpstream(ctx, old.URL); err != nil {
-			return fmt.Errorf("apply config file to cache %q: %w", mainCache, err)
-		}
+		changed = true
 	}
 
 	for _, u := range want {
@@ -83,9 +80,7 @@ func applyUpstreams(ctx context.Context, store *cache.Store, stored, want []cach
 		default:
 			continue
 		}
-		if _, err := store.AddUpstream(ctx, u); err != nil {
-			return fmt.Errorf("apply config file to cache %q: %w", mainCache, err)
-		}
+		changed = true
 	}
-	return nil
+	return changed
 }
