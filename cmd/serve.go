@@ -70,6 +70,8 @@ func (o *serveOptions) addFlags(f *pflag.FlagSet) {
 	f.StringSliceVar(&o.cfg.Mesh.Bootstrap, "mesh-bootstrap", nil, "multiaddr of a member node ending in /p2p/<peer ID> (repeat or separate with commas)")
 	f.StringVar(&o.cfg.Mesh.FederationFile, "mesh-federation", "", "federation JSON file of the mesh (default DATA_DIR/mesh-federation.json)")
 	f.BoolVar(&o.cfg.Mesh.MDNS, "mesh-mdns", false, "find mesh members on the local network by multicast DNS")
+	f.DurationVar(&o.cfg.Mesh.BuildTTL, "mesh-build-ttl", node.DefaultMeshBuildTTL,
+		"lifetime of this node's announcements of running builds; it refreshes them, and checks peers' announcements for expiry, every third of this (3s to 1h)")
 }
 
 // config checks the flags, merges the configuration file into them and
@@ -93,6 +95,9 @@ func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config
 			return node.Config{}, 0, fmt.Errorf("--trusted-proxy %q is invalid: give a CIDR such as 10.0.0.0/8 or ::1/128", p)
 		}
 		cfg.TrustedProxies = append(cfg.TrustedProxies, prefix)
+	}
+	if ttl := cfg.Mesh.BuildTTL; ttl < node.MinMeshBuildTTL || ttl > node.MaxMeshBuildTTL {
+		return node.Config{}, 0, fmt.Errorf("--mesh-build-ttl %v is out of range: give %v to %v", ttl, node.MinMeshBuildTTL, node.MaxMeshBuildTTL)
 	}
 	timeout := o.unsupportedTimeout
 	if timeout < 0 {
@@ -164,6 +169,9 @@ func mergeConfigFile(cfg *node.Config, level *slog.Level, timeout *time.Duration
 	setList("mesh-bootstrap", &cfg.Mesh.Bootstrap, file.MeshBootstrap)
 	setString("mesh-federation", &cfg.Mesh.FederationFile, file.MeshFederation)
 	setBool("mesh-mdns", &cfg.Mesh.MDNS, file.MeshMDNS)
+	if file.MeshBuildTTL != nil && !given("mesh-build-ttl") {
+		cfg.Mesh.BuildTTL = *file.MeshBuildTTL
+	}
 
 	cfg.MainCache = file.MainCache
 }

@@ -74,6 +74,7 @@ type ConfigFile struct {
 	MeshBootstrap  *[]string
 	MeshFederation *string
 	MeshMDNS       *bool
+	MeshBuildTTL   *time.Duration
 
 	// MainCache holds the [caches.main] section, or nil without one.
 	MainCache *CacheSettings
@@ -114,6 +115,7 @@ type rawMesh struct {
 	Bootstrap  *[]string `toml:"bootstrap"`
 	Federation *string   `toml:"federation"`
 	MDNS       *bool     `toml:"mdns"`
+	BuildTTL   *string   `toml:"build_ttl"`
 }
 
 type rawCache struct {
@@ -190,7 +192,7 @@ func ParseConfigFile(path string, data []byte) (*ConfigFile, error) {
 	if err := c.checkServe(raw, fail); err != nil {
 		return nil, err
 	}
-	if err := c.checkMesh(fail); err != nil {
+	if err := c.checkMesh(raw.Mesh, fail); err != nil {
 		return nil, err
 	}
 
@@ -267,8 +269,8 @@ func (c *ConfigFile) checkServe(raw rawConfig, fail checkFunc) error {
 	return nil
 }
 
-// checkMesh checks the [mesh] section.
-func (c *ConfigFile) checkMesh(fail checkFunc) error {
+// checkMesh checks the [mesh] section and parses its durations.
+func (c *ConfigFile) checkMesh(raw rawMesh, fail checkFunc) error {
 	if c.MeshListen != nil {
 		for i, s := range *c.MeshListen {
 			if _, err := multiaddr.NewMultiaddr(s); err != nil {
@@ -285,6 +287,13 @@ func (c *ConfigFile) checkMesh(fail checkFunc) error {
 	}
 	if c.MeshFederation != nil && *c.MeshFederation == "" {
 		return fail("mesh.federation", "is empty: give a file, or leave the key out for DATA_DIR/mesh-federation.json")
+	}
+	if raw.BuildTTL != nil {
+		d, err := time.ParseDuration(*raw.BuildTTL)
+		if err != nil || d < MinMeshBuildTTL || d > MaxMeshBuildTTL {
+			return fail("mesh.build_ttl", "%q is invalid: give a duration from %s to %s, such as \"3m\"", *raw.BuildTTL, MinMeshBuildTTL, MaxMeshBuildTTL)
+		}
+		c.MeshBuildTTL = &d
 	}
 	return nil
 }

@@ -44,7 +44,21 @@ type MeshConfig struct {
 	FederationFile string
 	// MDNS finds members on the local network by multicast DNS.
 	MDNS bool
+	// BuildTTL is how long the announcement of a local build stays valid
+	// without a refresh, and how often peers' announcements are checked
+	// for expiry (every BuildTTL/3). Zero means DefaultMeshBuildTTL, and
+	// the node does not start with a value outside MinMeshBuildTTL to
+	// MaxMeshBuildTTL.
+	BuildTTL time.Duration
 }
+
+// Default and limits of MeshConfig.BuildTTL. The limits are the ones
+// that mesh.Config.Validate enforces.
+const (
+	DefaultMeshBuildTTL = mesh.DefaultBuildTTL
+	MinMeshBuildTTL     = 3 * time.Second
+	MaxMeshBuildTTL     = time.Hour
+)
 
 // MeshKeyFile is the file under <data-dir>/keys that holds the node's
 // libp2p private key.
@@ -105,6 +119,7 @@ func (n *Node) startMesh(ctx context.Context, store *cache.Store, drv *driver, m
 		ListenAddrs:    cfg.Listen,
 		Bootstrap:      cfg.Bootstrap,
 		MDNS:           cfg.MDNS,
+		BuildTTL:       cfg.BuildTTL,
 		OnBuild:        func(notice mesh.BuildNotice) { drv.peerBuild(ctx, notice) },
 		Logger:         link.log,
 	})
