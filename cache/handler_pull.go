@@ -3,20 +3,24 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/cache/upstream"
 )
 
 // servePulledNAR serves a NAR file that a pulled narinfo names and that is
 // not downloaded yet. A GET starts the download, or joins the running one,
 // and streams the file as it arrives. The response is aborted, never
 // completed, when the download fails its checks. A Range request waits
-// for the whole file. A HEAD starts no download.
+// for the whole file. A HEAD starts no download but asks the upstream.
 func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileName string) {
 	ctx := r.Context()
 
@@ -33,14 +37,7 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 	}
 
 	if r.Method == http.MethodHead {
-		w.Header().Set("Content-Type", narContentType)
-
-		if info.FileSize > 0 {
-			w.Header().Set("Content-Length", strconv.FormatUint(info.FileSize, 10))
-		}
-
-		w.WriteHeader(http.StatusOK)
-
+		h.headPulledNAR(w, r, record, info)
 		return
 	}
 
@@ -73,6 +70,74 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 	}
 
 	h.streamFlight(w, r, flight, info)
+}
+
+// headPulledNAR answers HEAD for a NAR file that is not downloaded yet. It
+// sends a HEAD request to the upstream within Config.UpstreamBudget, so
+// the status is the one a GET would get at the start of its download:
+// 404 when the upstream does not hold the file, 504 when it timed out,
+// 502 for another upstream failure, and 200 otherwise. A running download
+// of the same file is not consulted.
+func (h *handler) headPulledNAR(w http.ResponseWriter, r *http.Request, record pullRecord, info *narinfo.NarInfo) {
+	up := h.store.upstreamByURL(record.Upstream)
+	if up == nil {
+		h.lookupError(w, r, "nar", fmt.Errorf("%w: upstream %q was removed", ErrUpstreamUnavailable, record.Upstream))
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), h.store.cfg.UpstreamBudget)
+	defer cancel()
+
+	start := time.Now()
+	length, err := up.StatNAR(ctx, record.URL)
+
+	h.store.metrics.upstreamLatency.WithLabelValues(record.Upstream, "nar_head").Observe(time.Since(start).Seconds())
+
+	if err == nil && info.FileSize > 0 && length >= 0 && uint64(length) != info.FileSize {
+		err = fmt.Errorf("%w: the upstream file has %d bytes, the narinfo's FileSize is %d", ErrHashMismatch, length, info.FileSize)
+	}
+
+	if err != nil {
+		err = upstreamNARError(err)
+		if !errors.Is(err, ErrNotFound) {
+			h.store.countUpstreamError(record.Upstream, fmt.Errorf("head NAR %q: %w", record.URL, err))
+		}
+
+		h.lookupError(w, r, "nar", err)
+
+		return
+	}
+
+	w.Header().Set("Content-Type", narContentType)
+
+	switch {
+	case info.FileSize > 0:
+		w.Header().Set("Content-Length", strconv.FormatUint(info.FileSize, 10))
+	case length >= 0:
+		w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+
+	w.WriteHeader(http.StatusOK)
+}
+
+// upstreamNARError maps an error of a NAR request to an upstream onto the
+// errors that lookupError answers: ErrNotFound when the upstream does not
+// hold the file, context.DeadlineExceeded when it timed out, and
+// ErrUpstreamUnavailable for other failures.
+func upstreamNARError(err error) error {
+	var netErr net.Error
+
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUpstreamUnavailable), errors.Is(err, ErrHashMismatch),
+		errors.Is(err, context.DeadlineExceeded):
+		return err
+	case errors.Is(err, upstream.ErrNotFound):
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+	default:
+		return fmt.Errorf("%w: %w", ErrUpstreamUnavailable, err)
+	}
 }
 
 // serveCommittedNAR serves the file of a finished download. A download

@@ -42,7 +42,7 @@ func newMetrics(cacheName string) *metrics {
 		}, []string{"kind", "result"}),
 		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:        "gradient_cache_upstream_request_duration_seconds",
-			Help:        "Time until an upstream answered a narinfo request or a NAR download ended.",
+			Help:        "Time until an upstream answered a narinfo request (kind narinfo) or a NAR HEAD request (nar_head), or a NAR download ended (nar).",
 			ConstLabels: labels,
 			Buckets:     []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 15, 60, 300},
 		}, []string{"upstream", "kind"}),

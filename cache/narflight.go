@@ -247,7 +247,11 @@ func (s *Store) downloadNAR(f *narFlight, tmp *os.File, record pullRecord) error
 
 	body, _, err := up.OpenNAR(ctx, record.URL)
 	if err != nil {
-		return err
+		if ctx.Err() != nil && s.background.Err() == nil {
+			return fmt.Errorf("%w: no response for %v: %w", context.DeadlineExceeded, s.cfg.NARIdleTimeout, err)
+		}
+
+		return upstreamNARError(err)
 	}
 
 	defer body.Close()

@@ -249,29 +249,56 @@ func (u *Upstream) OpenNAR(ctx context.Context, narURL string) (io.ReadCloser, i
 	return resp.Body, resp.ContentLength, nil
 }
 
+// StatNAR asks the upstream with a HEAD request whether it serves the
+// NAR file at narURL, as returned by NarInfo, without downloading it. It
+// returns the file's Content-Length, or -1 when the upstream did not send
+// one. Errors are those of OpenNAR: they wrap ErrNotFound, ErrSkipped,
+// ErrInvalid or the transport's error, such as context.DeadlineExceeded.
+func (u *Upstream) StatNAR(ctx context.Context, narURL string) (int64, error) {
+	if !strings.HasPrefix(narURL, u.base.Scheme+"://"+u.base.Host+"/") {
+		return 0, fmt.Errorf("head NAR %q: not on upstream %s", narURL, u.base)
+	}
+
+	resp, err := u.send(ctx, http.MethodHead, narURL)
+	if err != nil {
+		return 0, err
+	}
+
+	resp.Body.Close()
+
+	return resp.ContentLength, nil
+}
+
 // get fetches name relative to the base URL.
 func (u *Upstream) get(ctx context.Context, name string) (*http.Response, error) {
 	return u.getURL(ctx, u.base.String()+"/"+name)
 }
 
-// getURL sends a GET through the breaker and returns a 200 response that
-// is not an HTML page. The breaker counts transport errors and 5xx
-// responses as failures. The caller closes the body.
+// getURL sends a GET through the breaker, as send does.
 func (u *Upstream) getURL(ctx context.Context, target string) (*http.Response, error) {
+	return u.send(ctx, http.MethodGet, target)
+}
+
+// send sends a GET or HEAD request through the breaker and returns a 200
+// response that is not an HTML page. The breaker counts transport errors
+// and 5xx responses as failures. The caller closes the body.
+func (u *Upstream) send(ctx context.Context, method, target string) (*http.Response, error) {
+	verb := strings.ToLower(method)
+
 	if !u.breaker.allow() {
-		return nil, fmt.Errorf("get %s: %w", target, ErrSkipped)
+		return nil, fmt.Errorf("%s %s: %w", verb, target, ErrSkipped)
 	}
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	req, err := http.NewRequestWithContext(ctx, method, target, nil)
 	if err != nil {
 		u.breaker.record(true)
-		return nil, fmt.Errorf("get %s: %w", target, err)
+		return nil, fmt.Errorf("%s %s: %w", verb, target, err)
 	}
 
 	resp, err := u.client.Do(req)
 	if err != nil {
 		u.breaker.record(false)
-		return nil, fmt.Errorf("get %s: %w", target, err)
+		return nil, fmt.Errorf("%s %s: %w", verb, target, err)
 	}
 
 	u.breaker.record(resp.StatusCode < 500)
@@ -280,16 +307,16 @@ func (u *Upstream) getURL(ctx context.Context, target string) (*http.Response, e
 	case resp.StatusCode == http.StatusOK:
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusGone:
 		resp.Body.Close()
-		return nil, fmt.Errorf("get %s: %w (HTTP %d)", target, ErrNotFound, resp.StatusCode)
+		return nil, fmt.Errorf("%s %s: %w (HTTP %d)", verb, target, ErrNotFound, resp.StatusCode)
 	default:
 		resp.Body.Close()
-		return nil, fmt.Errorf("get %s: unexpected HTTP status %d", target, resp.StatusCode)
+		return nil, fmt.Errorf("%s %s: unexpected HTTP status %d", verb, target, resp.StatusCode)
 	}
 
 	// A captive portal or a misconfigured proxy answers with a web page.
 	if mediaType, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mediaType == "text/html" {
 		resp.Body.Close()
-		return nil, fmt.Errorf("get %s: %w: an HTML page", target, ErrInvalid)
+		return nil, fmt.Errorf("%s %s: %w: an HTML page", verb, target, ErrInvalid)
 	}
 
 	return resp, nil
