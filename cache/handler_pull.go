@@ -20,7 +20,7 @@ import (
 // not downloaded yet. A GET starts the download, or joins the running one,
 // and streams the file as it arrives. The response is aborted, never
 // completed, when the download fails its checks. A Range request waits
-// for the whole file. A HEAD starts no download but asks the upstream.
+// for the whole file. A HEAD starts no download but sends a HEAD request to the upstream.
 func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileName string) {
 	ctx := r.Context()
 
@@ -72,7 +72,7 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 	h.streamFlight(w, r, flight, info)
 }
 
-// headPulledNAR answers HEAD for a NAR file that is not downloaded yet. It
+// headPulledNAR handles HEAD for a NAR file that is not downloaded yet. It
 // sends a HEAD request to the upstream within Config.UpstreamBudget, so
 // the status is the one a GET would get at the start of its download:
 // 404 when the upstream does not hold the file, 504 when it timed out,
@@ -121,7 +121,7 @@ func (h *handler) headPulledNAR(w http.ResponseWriter, r *http.Request, record p
 }
 
 // upstreamNARError maps an error of a NAR request to an upstream onto the
-// errors that lookupError answers: ErrNotFound when the upstream does not
+// errors that lookupError turns into statuses: ErrNotFound when the upstream does not
 // hold the file, context.DeadlineExceeded when it timed out, and
 // ErrUpstreamUnavailable for other failures.
 func upstreamNARError(err error) error {

@@ -9,14 +9,14 @@ import (
 )
 
 // TestPullHeadMatchesGet checks that HEAD of a pulled NAR that is not
-// downloaded yet asks the upstream with HEAD, downloads nothing, and gets
+// downloaded yet sends a HEAD request to the upstream, downloads nothing, and gets
 // the status that a GET of the same NAR gets afterwards.
 func TestPullHeadMatchesGet(t *testing.T) {
 	const budget = 300 * time.Millisecond
 
 	tests := []struct {
 		name string
-		// hook answers the upstream's requests for the NAR file, or nil
+		// hook handles the upstream's requests for the NAR file, or nil
 		// to serve it.
 		hook     func(w http.ResponseWriter, release <-chan struct{})
 		wantCode int

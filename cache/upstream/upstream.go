@@ -249,7 +249,7 @@ func (u *Upstream) OpenNAR(ctx context.Context, narURL string) (io.ReadCloser, i
 	return resp.Body, resp.ContentLength, nil
 }
 
-// StatNAR asks the upstream with a HEAD request whether it serves the
+// StatNAR sends a HEAD request to check whether it serves the
 // NAR file at narURL, as returned by NarInfo, without downloading it. It
 // returns the file's Content-Length, or -1 when the upstream did not send
 // one. Errors are those of OpenNAR: they wrap ErrNotFound, ErrSkipped,
