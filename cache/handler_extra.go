@@ -15,7 +15,6 @@ import (
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/nix-community/go-nix/pkg/nar"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
 )
@@ -107,15 +106,18 @@ type listingNode struct {
 	Entries    map[string]*listingNode `json:"entries,omitempty"`
 	Size       *int64                  `json:"size,omitempty"`
 	Executable bool                    `json:"executable,omitempty"`
-	Target     string                  `json:"target,omitempty"`
+	// NarOffset is the byte offset of a regular file's contents in the
+	// uncompressed NAR, as nix writes it in its own listings.
+	NarOffset *int64 `json:"narOffset,omitempty"`
+	Target    string `json:"target,omitempty"`
 }
 
 // serveListing sends the file listing of a stored NAR, which nix fetches
 // for nix store ls. It is computed from the NAR file on each request.
 //
-// NOTE: entries have no narOffset, so clients read a file by downloading
-// the whole NAR. A pulled path whose NAR is not downloaded yet has no
-// listing.
+// NOTE: a pulled path whose NAR is not downloaded yet gets 404, because
+// the listing is computed from the local NAR file and the upstream's
+// listing is not fetched.
 func (h *handler) serveListing(w http.ResponseWriter, r *http.Request, hashPart string) {
 	info, err := h.store.NarInfo(r.Context(), hashPart)
 	if errors.Is(err, ErrNotFound) {
@@ -160,7 +162,8 @@ func (h *handler) serveListing(w http.ResponseWriter, r *http.Request, hashPart 
 }
 
 // listNAR reads a NAR file compressed with compression and returns its
-// tree.
+// tree. It checks the archive with the same checker as uploads, which
+// reports each node with its offset, so the NAR is read once.
 func listNAR(compression string, file io.Reader) (*listingNode, error) {
 	dec, err := newDecompressor(compression, file)
 	if err != nil {
@@ -169,59 +172,58 @@ func listNAR(compression string, file io.Reader) (*listingNode, error) {
 
 	defer dec.Close()
 
-	reader, err := nar.NewReader(dec)
+	// directories holds the directories seen so far by path. Nodes arrive
+	// in archive order, so a parent always comes before its entries.
+	directories := map[string]*listingNode{}
+
+	var (
+		root  *listingNode
+		count int
+	)
+
+	visit := func(n narNode) error {
+		count++
+		if count > maxListingEntries {
+			return fmt.Errorf("more than %d entries", maxListingEntries)
+		}
+
+		node := &listingNode{Type: n.Type}
+
+		switch n.Type {
+		case "directory":
+			node.Entries = map[string]*listingNode{}
+			directories[n.Path] = node
+		case "regular":
+			size, offset := n.Size, n.Offset
+			node.Size = &size
+			node.NarOffset = &offset
+			node.Executable = n.Executable
+		case "symlink":
+			node.Target = n.Target
+		}
+
+		if n.Path == "/" {
+			root = node
+			return nil
+		}
+
+		parent := directories[path.Dir(n.Path)]
+		if parent == nil {
+			return fmt.Errorf("entry %q has no parent directory", n.Path)
+		}
+
+		parent.Entries[path.Base(n.Path)] = node
+
+		return nil
+	}
+
+	formatErr, err := walkNARStream(dec, visit)
 	if err != nil {
 		return nil, err
 	}
 
-	nodes := map[string]*listingNode{}
-
-	var root *listingNode
-
-	for count := 0; ; count++ {
-		header, err := reader.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-
-		if err != nil {
-			return nil, err
-		}
-
-		if count >= maxListingEntries {
-			return nil, fmt.Errorf("more than %d entries", maxListingEntries)
-		}
-
-		node := &listingNode{Type: header.Type.String()}
-
-		switch header.Type {
-		case nar.TypeDirectory:
-			node.Entries = map[string]*listingNode{}
-		case nar.TypeRegular:
-			size := header.Size
-			node.Size = &size
-			node.Executable = header.Executable
-		case nar.TypeSymlink:
-			node.Target = header.LinkTarget
-		}
-
-		nodes[header.Path] = node
-
-		if header.Path == "/" {
-			root = node
-			continue
-		}
-
-		parent := nodes[path.Dir(header.Path)]
-		if parent == nil || parent.Entries == nil {
-			return nil, fmt.Errorf("entry %q has no parent directory", header.Path)
-		}
-
-		parent.Entries[path.Base(header.Path)] = node
-	}
-
-	if root == nil {
-		return nil, errors.New("empty NAR")
+	if formatErr != nil {
+		return nil, formatErr
 	}
 
 	return root, nil

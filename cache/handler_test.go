@@ -157,7 +157,7 @@ func TestHandlerResponses(t *testing.T) {
 		{name: "unknown NAR", method: "GET", path: "/nar/" + strings.Repeat("0", 52) + ".nar.xz", wantCode: 404, wantEmptyBody: true},
 		{name: "bad narinfo name", method: "GET", path: "/eeee.narinfo", wantCode: 404, wantEmptyBody: true},
 		{name: "listing", method: "GET", path: "/" + hashA + ".ls", wantCode: 200,
-			wantContentType: "application/json", wantBody: `{"version":1,"root":{"type":"regular","size":6}}`},
+			wantContentType: "application/json", wantBody: `{"version":1,"root":{"type":"regular","size":6,"narOffset":96}}`},
 		{name: "unknown listing", method: "GET", path: "/" + hashB + ".ls", wantCode: 404, wantEmptyBody: true},
 		{name: "root", method: "GET", path: "/", wantCode: 404, wantEmptyBody: true},
 		{name: "log", method: "GET", path: "/log/" + drvName, wantCode: 200, wantBody: "building\n"},

@@ -46,7 +46,32 @@ const (
 // such an archive, and err when reading r fails. Unless err is set it
 // reads r to EOF, so hashes computed from r cover every byte.
 func checkNARStream(r io.Reader) (formatErr, err error) {
-	c := &narChecker{r: bufio.NewReaderSize(r, narBufferSize)}
+	return walkNARStream(r, nil)
+}
+
+// narNode is one file, symlink or directory of a NAR archive, as
+// walkNARStream reports it.
+type narNode struct {
+	// Path is the node's path from the root, "/" for the root itself.
+	Path string
+	// Type is "regular", "symlink" or "directory".
+	Type string
+	// Size is the length of a regular file's contents in bytes.
+	Size int64
+	// Offset is the byte offset of a regular file's contents in the
+	// uncompressed archive.
+	Offset     int64
+	Executable bool
+	// Target is a symlink's target.
+	Target string
+}
+
+// walkNARStream checks r like checkNARStream and calls visit, unless it is
+// nil, for each node in archive order: a directory before its entries,
+// and a regular file before its contents are read. An error from visit
+// stops the walk and is returned as err.
+func walkNARStream(r io.Reader, visit func(narNode) error) (formatErr, err error) {
+	c := &narChecker{r: bufio.NewReaderSize(r, narBufferSize), visit: visit}
 
 	formatErr = c.checkArchive()
 	if formatErr != nil && !errors.Is(formatErr, ErrInvalidNAR) {
@@ -74,6 +99,19 @@ type narChecker struct {
 	// names is the path from the root to the current node.
 	names []string
 	word  [8]byte
+	// visit, unless nil, receives each node.
+	visit func(narNode) error
+}
+
+// report passes node to visit, with the current path.
+func (c *narChecker) report(node narNode) error {
+	if c.visit == nil {
+		return nil
+	}
+
+	node.Path = "/" + strings.Join(c.names, "/")
+
+	return c.visit(node)
 }
 
 // invalid returns an error wrapping ErrInvalidNAR that names the current
@@ -221,7 +259,8 @@ func (c *narChecker) checkRegular() error {
 		return err
 	}
 
-	if field == "executable" {
+	executable := field == "executable"
+	if executable {
 		value, err := c.readString("executable marker", narMaxTokenLen)
 		if err != nil {
 			return err
@@ -247,6 +286,10 @@ func (c *narChecker) checkRegular() error {
 
 	if size > math.MaxInt64 {
 		return c.invalid("file size %d is larger than the maximum of %d", size, int64(math.MaxInt64))
+	}
+
+	if err := c.report(narNode{Type: "regular", Size: int64(size), Offset: c.offset, Executable: executable}); err != nil {
+		return err
 	}
 
 	for remaining := int64(size); remaining > 0; {
@@ -286,6 +329,10 @@ func (c *narChecker) checkSymlink() error {
 		return c.invalid("invalid symlink target %q", target)
 	}
 
+	if err := c.report(narNode{Type: "symlink", Target: target}); err != nil {
+		return err
+	}
+
 	return c.expect(")")
 }
 
@@ -294,6 +341,10 @@ func (c *narChecker) checkSymlink() error {
 func (c *narChecker) checkDirectory() error {
 	if len(c.names) >= narMaxDepth {
 		return c.invalid("directories nested deeper than %d levels", narMaxDepth)
+	}
+
+	if err := c.report(narNode{Type: "directory"}); err != nil {
+		return err
 	}
 
 	previous := ""
