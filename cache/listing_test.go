@@ -202,3 +202,46 @@ func TestListingMatchesNix(t *testing.T) {
 		t.Errorf("GET %s.ls = %s, want the listing nix wrote: %s", hashPart, ourListing, nixListing)
 	}
 }
+
+// FuzzListNAR checks that listNAR accepts exactly the archives that the
+// NAR checker accepts, and that every narOffset of an accepted archive
+// lies inside it.
+func FuzzListNAR(f *testing.F) {
+	for _, data := range narTestdata(f) {
+		f.Add(data)
+	}
+
+	f.Add(narTokens(directoryNAR("a", "b")...))
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		root, err := listNAR("none", bytes.NewReader(data))
+		checkErr := checkNARBytes(data)
+
+		if (err == nil) != (checkErr == nil) {
+			t.Fatalf("listNAR error = %v, want an error exactly when the checker returns one (%v)", err, checkErr)
+		}
+
+		if err != nil {
+			return
+		}
+
+		var walk func(name string, node *listingNode)
+		walk = func(name string, node *listingNode) {
+			if node.Type == "regular" {
+				if node.NarOffset == nil || node.Size == nil {
+					t.Fatalf("regular file %s has narOffset %v and size %v, want both", name, node.NarOffset, node.Size)
+				}
+
+				if *node.NarOffset < 0 || *node.NarOffset+*node.Size > int64(len(data)) {
+					t.Errorf("file %s at narOffset %d with size %d ends past the archive's %d bytes", name, *node.NarOffset, *node.Size, len(data))
+				}
+			}
+
+			for entry, child := range node.Entries {
+				walk(name+"/"+entry, child)
+			}
+		}
+
+		walk("", root)
+	})
+}
