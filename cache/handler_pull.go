@@ -69,7 +69,7 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 		return
 	}
 
-	h.streamFlight(w, r, flight, info)
+	h.streamFlight(w, r, flight, info, st.contentLength)
 }
 
 // headPulledNAR handles HEAD for a NAR file that is not downloaded yet. It
@@ -93,8 +93,12 @@ func (h *handler) headPulledNAR(w http.ResponseWriter, r *http.Request, record p
 
 	h.store.metrics.upstreamLatency.WithLabelValues(record.Upstream, "nar_head").Observe(time.Since(start).Seconds())
 
-	if err == nil && info.FileSize > 0 && length >= 0 && uint64(length) != info.FileSize {
+	switch {
+	case err != nil:
+	case info.FileSize > 0 && length >= 0 && uint64(length) != info.FileSize:
 		err = fmt.Errorf("%w: the upstream file has %d bytes, the narinfo's FileSize is %d", ErrHashMismatch, length, info.FileSize)
+	case info.FileSize == 0 && length > int64(h.store.cfg.MaxNARSize):
+		err = fmt.Errorf("%w: the upstream file has %d bytes, more than the limit of %d", ErrHashMismatch, length, h.store.cfg.MaxNARSize)
 	}
 
 	if err != nil {
@@ -160,7 +164,8 @@ func (h *handler) serveCommittedNAR(w http.ResponseWriter, r *http.Request, path
 }
 
 // streamFlight sends the file of a running download as it grows.
-func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *narFlight, info *narinfo.NarInfo) {
+// contentLength is the upstream's Content-Length, or -1.
+func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *narFlight, info *narinfo.NarInfo, contentLength int64) {
 	reader, err := flight.newReader(r.Context())
 	if err != nil {
 		h.lookupError(w, r, "nar", err)
@@ -171,11 +176,14 @@ func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *n
 
 	w.Header().Set("Content-Type", narContentType)
 
-	// The download stops at FileSize bytes and fails on fewer, so the
-	// response aborts when the file has another size. Without FileSize
-	// the response is chunked.
-	if info.FileSize > 0 {
+	// The download stops at FileSize bytes, or else at the upstream's
+	// Content-Length, and fails on fewer, so the response aborts when the
+	// file has another size. Without either the response is chunked.
+	switch {
+	case info.FileSize > 0:
 		w.Header().Set("Content-Length", strconv.FormatUint(info.FileSize, 10))
+	case contentLength >= 0:
+		w.Header().Set("Content-Length", strconv.FormatInt(contentLength, 10))
 	}
 
 	w.WriteHeader(http.StatusOK)

@@ -46,8 +46,11 @@ type narFlight struct {
 	// after the commit.
 	path    string
 	written int64
-	done    bool
-	err     error
+	// contentLength is the upstream's Content-Length of the file, or -1
+	// before the response arrives or when it has none.
+	contentLength int64
+	done          bool
+	err           error
 	// changed is closed and replaced whenever the fields above change.
 	changed chan struct{}
 }
@@ -62,18 +65,19 @@ func (f *narFlight) update(change func()) {
 }
 
 type flightState struct {
-	path    string
-	written int64
-	done    bool
-	err     error
-	changed <-chan struct{}
+	path          string
+	written       int64
+	contentLength int64
+	done          bool
+	err           error
+	changed       <-chan struct{}
 }
 
 func (f *narFlight) state() flightState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 
-	return flightState{path: f.path, written: f.written, done: f.done, err: f.err, changed: f.changed}
+	return flightState{path: f.path, written: f.written, contentLength: f.contentLength, done: f.done, err: f.err, changed: f.changed}
 }
 
 // wait blocks until the download has written more than min bytes or
@@ -186,7 +190,7 @@ func (s *Store) narFlightFor(fileName string, record pullRecord, info *narinfo.N
 		return nil, err
 	}
 
-	f := &narFlight{fileName: fileName, info: info, path: tmp.Name(), changed: make(chan struct{})}
+	f := &narFlight{fileName: fileName, info: info, path: tmp.Name(), contentLength: -1, changed: make(chan struct{})}
 	s.narFlights[fileName] = f
 
 	s.fetches.Add(1)
@@ -245,7 +249,7 @@ func (s *Store) downloadNAR(f *narFlight, tmp *os.File, record pullRecord) error
 	idle := time.AfterFunc(s.cfg.NARIdleTimeout, cancel)
 	defer idle.Stop()
 
-	body, _, err := up.OpenNAR(ctx, record.URL)
+	body, contentLength, err := up.OpenNAR(ctx, record.URL)
 	if err != nil {
 		if ctx.Err() != nil && s.background.Err() == nil {
 			return fmt.Errorf("%w: no response for %v: %w", context.DeadlineExceeded, s.cfg.NARIdleTimeout, err)
@@ -257,8 +261,19 @@ func (s *Store) downloadNAR(f *narFlight, tmp *os.File, record pullRecord) error
 	defer body.Close()
 
 	limit := int64(s.cfg.MaxNARSize)
-	if f.info.FileSize > 0 {
+
+	switch {
+	case f.info.FileSize > 0:
 		limit = int64(f.info.FileSize)
+	case contentLength >= 0:
+		// Without FileSize the upstream's Content-Length is the size that
+		// readers are promised. The HTTP client fails a shorter body.
+		if contentLength > limit {
+			return fmt.Errorf("%w: the upstream file has %d bytes, more than the limit of %d", ErrHashMismatch, contentLength, limit)
+		}
+
+		limit = contentLength
+		f.update(func() { f.contentLength = contentLength })
 	}
 
 	buf := make([]byte, downloadBufferSize)

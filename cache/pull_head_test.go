@@ -126,8 +126,8 @@ func TestPullHeadMatchesGet(t *testing.T) {
 			}
 
 			// The narinfo has no FileSize, so the GET that starts the
-			// download streams the file chunked, without Content-Length.
-			if got := resp.Header.Get("Content-Length"); tt.wantCode == http.StatusOK && got != "" && got != strconv.Itoa(len(narBytes)) {
+			// download sends the upstream's Content-Length.
+			if got := resp.Header.Get("Content-Length"); tt.wantCode == http.StatusOK && got != strconv.Itoa(len(narBytes)) {
 				t.Errorf("GET pulled NAR Content-Length = %q, want %d", got, len(narBytes))
 			}
 		})
