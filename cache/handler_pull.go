@@ -78,6 +78,9 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 // 404 when the upstream does not hold the file, 504 when it timed out,
 // 502 for another upstream failure, and 200 otherwise. A running download
 // of the same file is not consulted.
+//
+// NOTE: an upstream that rejects HEAD (405) gets 502 here although a GET
+// may succeed. Static file servers and S3 accept HEAD.
 func (h *handler) headPulledNAR(w http.ResponseWriter, r *http.Request, record pullRecord, info *narinfo.NarInfo) {
 	up := h.store.upstreamByURL(record.Upstream)
 	if up == nil {
