@@ -284,19 +284,19 @@ const meshFailingFlake = `{ outputs = { self }: {
 // worker store, creates project demo/slow from flakeSrc on both, and
 // evaluates it on A. It returns once A builds the derivation slow and B
 // has A's announcement of that build, with A's mesh status and the .drv
-// path.
-func startBuildingOnPeer(t *testing.T, flakeSrc string) (a, b *node, stA mesh.Status, drvPath string) {
+// path. Both nodes get the serve flags extra.
+func startBuildingOnPeer(t *testing.T, flakeSrc string, extra ...string) (a, b *node, stA mesh.Status, drvPath string) {
 	t.Helper()
 	memberA, memberB := newMeshMember(t, "a"), newMeshMember(t, "b")
 	writeFederation(t, map[string]meshMember{"org-a": memberA, "org-b": memberB})
 
-	a = startNode(t, memberA.dataDir, storeDir(t, "store-a"), "--mesh-listen", "/ip4/127.0.0.1/tcp/0")
+	a = startNode(t, memberA.dataDir, storeDir(t, "store-a"), append([]string{"--mesh-listen", "/ip4/127.0.0.1/tcp/0"}, extra...)...)
 	stA = a.meshStatus()
 	if len(stA.Addrs) == 0 {
 		t.Fatalf("A's mesh status = %+v, want an address", stA)
 	}
 	b = startNode(t, memberB.dataDir, storeDir(t, "store-b"),
-		"--mesh-listen", "/ip4/127.0.0.1/tcp/0", "--mesh-bootstrap", stA.Addrs[0])
+		append([]string{"--mesh-listen", "/ip4/127.0.0.1/tcp/0", "--mesh-bootstrap", stA.Addrs[0]}, extra...)...)
 	waitUntil(t, 20*time.Second, "B to connect to A", func() bool {
 		var peers []mesh.PeerInfo
 		decodeJSON(t, b.mustCLI("mesh", "peers", "--json"), &peers)
