@@ -43,6 +43,9 @@ func TestParseConfigFileExample(t *testing.T) {
 	if c.MeshListen == nil || len(*c.MeshListen) != 1 {
 		t.Errorf("MeshListen = %v, want one address", c.MeshListen)
 	}
+	if c.MeshBuildTTL == nil || *c.MeshBuildTTL != 3*time.Minute {
+		t.Errorf("MeshBuildTTL = %v, want 3m", c.MeshBuildTTL)
+	}
 	if c.NixBin != nil {
 		t.Errorf("NixBin = %q, want nil for a commented-out key", *c.NixBin)
 	}
@@ -147,6 +150,8 @@ func TestParseConfigFileRejects(t *testing.T) {
 		{"negative duration", `unsupported_timeout = "-1m"`, "unsupported_timeout: \"-1m\" is not a duration"},
 		{"log level", `log_level = "loud"`, "log_level: \"loud\" is not a level"},
 		{"mesh listen", "[mesh]\nlisten = [\"0.0.0.0:4001\"]", "mesh.listen[0]: \"0.0.0.0:4001\" is not a multiaddr"},
+		{"mesh build ttl too short", "[mesh]\nbuild_ttl = \"1s\"", "mesh.build_ttl: \"1s\" is invalid"},
+		{"mesh build ttl not a duration", "[mesh]\nbuild_ttl = \"soon\"", "mesh.build_ttl: \"soon\" is invalid"},
 		{"mesh bootstrap without peer", "[mesh]\nbootstrap = [\"/ip4/127.0.0.1/udp/4001/quic-v1\"]", "mesh.bootstrap[0]:"},
 		{"priority", "[caches.main]\npriority = 0", "caches.main.priority: 0 is out of range"},
 		{"lan priority", "[caches.main]\nlan_priority = -1", "caches.main.lan_priority: -1 is negative"},
