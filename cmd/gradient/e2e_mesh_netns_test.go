@@ -353,3 +353,27 @@ func TestMeshNetNSSubstitutesAcrossVeth(t *testing.T) {
 		t.Errorf("B's log does not name A (%s) as the peer it fetched from", stA.PeerID)
 	}
 }
+
+// TestMeshNetNSFindsPeerByMDNS starts two members on one link with mDNS on
+// and no bootstrap address: they must find each other by mDNS alone.
+func TestMeshNetNSFindsPeerByMDNS(t *testing.T) {
+	requireNix(t)
+	nsA, nsB := newNetNSPair(t)
+
+	memberA, memberB := newMeshMember(t, "a"), newMeshMember(t, "b")
+	writeFederation(t, map[string]meshMember{"org-a": memberA, "org-b": memberB})
+
+	a := startNetNSNode(t, nsA, memberA.dataDir, storeDir(t, "store-a"), "--no-worker",
+		"--mesh-listen", "/ip4/"+netnsAddrA+"/tcp/0", "--mesh-mdns")
+	b := startNetNSNode(t, nsB, memberB.dataDir, storeDir(t, "store-b"), "--no-worker",
+		"--mesh-listen", "/ip4/"+netnsAddrB+"/tcp/0", "--mesh-mdns")
+
+	waitUntil(t, 20*time.Second, "B to find A by mDNS", func() bool {
+		peers := b.peers()
+		return len(peers) == 1 && peers[0].PeerID == memberA.peerID.String() && peers[0].Org == "org-a"
+	})
+	waitUntil(t, 20*time.Second, "A to see B", func() bool {
+		peers := a.peers()
+		return len(peers) == 1 && peers[0].PeerID == memberB.peerID.String()
+	})
+}
