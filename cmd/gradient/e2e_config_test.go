@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -24,46 +23,7 @@ func startNodeWithConfig(t *testing.T, dataDir, path string) *node {
 	n := &node{t: t, dataDir: dataDir}
 	n.cmd = exec.Command(gradientBin, "serve", "--config", path)
 	n.cmd.Env = append(os.Environ(), "GRADIENT_DATA_DIR=", "GRADIENT_CONFIG=")
-	stderr, err := n.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-
-	addrc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			n.mu.Lock()
-			n.log.WriteString(line + "\n")
-			n.mu.Unlock()
-			if m := startedRe.FindStringSubmatch(line); m != nil {
-				addrc <- m[1]
-			}
-		}
-		close(addrc)
-	}()
-	t.Cleanup(func() {
-		n.stop()
-		if t.Failed() {
-			t.Logf("node log:\n%s", n.logText())
-		}
-	})
-
-	select {
-	case addr, ok := <-addrc:
-		if !ok {
-			n.cmd.Wait()
-			t.Fatalf("node exited before it started; log:\n%s", n.logText())
-		}
-		n.addr = addr
-	case <-time.After(60 * time.Second):
-		t.Fatalf("node did not start within 60s; log:\n%s", n.logText())
-	}
+	n.start("node", 60*time.Second)
 	return n
 }
 

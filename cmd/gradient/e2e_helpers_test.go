@@ -124,12 +124,21 @@ func startNode(t *testing.T, dataDir, workerStore string, extra ...string) *node
 		// off this machine.
 		"--no-default-upstream"}, extra...)
 	n.cmd = exec.Command(gradientBin, args...)
+	n.start("node", 60*time.Second)
+	return n
+}
+
+// start runs n.cmd, keeps its stderr as the node's log, and waits until
+// the node logs its address or exits. The test's cleanup stops the node
+// and prints its log, named by label, when the test failed.
+func (n *node) start(label string, timeout time.Duration) {
+	n.t.Helper()
 	stderr, err := n.cmd.StderrPipe()
 	if err != nil {
-		t.Fatal(err)
+		n.t.Fatal(err)
 	}
 	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
+		n.t.Fatal(err)
 	}
 
 	addrc := make(chan string, 1)
@@ -145,20 +154,25 @@ func startNode(t *testing.T, dataDir, workerStore string, extra ...string) *node
 				addrc <- m[1]
 			}
 		}
+		close(addrc)
 	}()
-	t.Cleanup(func() {
+	n.t.Cleanup(func() {
 		n.stop()
-		if t.Failed() {
-			t.Logf("node log:\n%s", n.logText())
+		if n.t.Failed() {
+			n.t.Logf("%s log:\n%s", label, n.logText())
 		}
 	})
 
 	select {
-	case n.addr = <-addrc:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("node did not start within 60s; log:\n%s", n.logText())
+	case addr, ok := <-addrc:
+		if !ok {
+			n.cmd.Wait()
+			n.t.Fatalf("%s exited before it started; log:\n%s", label, n.logText())
+		}
+		n.addr = addr
+	case <-time.After(timeout):
+		n.t.Fatalf("%s did not start within %s; log:\n%s", label, timeout, n.logText())
 	}
-	return n
 }
 
 func (n *node) logText() string {

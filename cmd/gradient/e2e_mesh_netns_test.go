@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -97,40 +96,7 @@ func startNetNSNode(t *testing.T, ns, dataDir, workerStore string, extra ...stri
 	// ip netns exec replaces itself with gradient, so the signals of
 	// node.stop and node.kill reach gradient.
 	n.cmd = exec.Command("ip", args...)
-	stderr, err := n.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-
-	addrc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			n.mu.Lock()
-			n.log.WriteString(line + "\n")
-			n.mu.Unlock()
-			if m := startedRe.FindStringSubmatch(line); m != nil {
-				addrc <- m[1]
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		n.stop()
-		if t.Failed() {
-			t.Logf("log of the node in %s:\n%s", ns, n.logText())
-		}
-	})
-
-	select {
-	case n.addr = <-addrc:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("node in %s did not start within 20s; log:\n%s", ns, n.logText())
-	}
+	n.start("node in "+ns, 20*time.Second)
 	return n
 }
 
