@@ -13,7 +13,6 @@
 package sim
 
 import (
-	"cmp"
 	"container/heap"
 	"context"
 	"errors"
@@ -310,49 +309,11 @@ func newSimulation(g *Graph, opts Options) (*simulation, error) {
 
 // lowerBound fills the lower bound fields of the result.
 func (sm *simulation) lowerBound() {
-	maxSpeed, capacity := 0.0, 0.0
-	for i := 0; i < sm.opts.Workers; i++ {
-		speed := sm.opts.Speeds[i%len(sm.opts.Speeds)]
-		maxSpeed = max(maxSpeed, speed)
-		capacity += speed * float64(sm.opts.Cores)
-	}
-
-	finish := make([]float64, len(sm.graph.Derivations))
-	work, longest := 0.0, 0.0
-	for i, n := range sm.graph.Derivations {
-		if n.Cached {
-			continue
-		}
-		start := 0.0
-		for _, in := range n.Inputs {
-			start = max(start, finish[in])
-		}
-		finish[i] = start + n.BuildTime/maxSpeed
-		longest = max(longest, finish[i])
-		work += n.BuildTime
-	}
-
-	sm.result.CriticalPathS = longest
-	sm.result.WorkPerSlotS = work / capacity
-	sm.result.LowerBoundS = max(longest, work/capacity)
-
-	// No derivation starts before its inputs can finish, at finish[i]
-	// minus its own time, so for any time T the work of the derivations
-	// that cannot start before T still has to run after T.
-	type release struct{ at, work float64 }
-	releases := make([]release, 0, len(sm.graph.Derivations))
-	for i, n := range sm.graph.Derivations {
-		if !n.Cached {
-			releases = append(releases, release{finish[i] - n.BuildTime/maxSpeed, n.BuildTime})
-		}
-	}
-	slices.SortFunc(releases, func(a, b release) int { return cmp.Compare(b.at, a.at) })
-	tight, after := sm.result.LowerBoundS, 0.0
-	for _, r := range releases {
-		after += r.work
-		tight = max(tight, r.at+after/capacity)
-	}
-	sm.result.ReleaseBoundS = tight
+	b := computeBounds(sm.graph, sm.opts)
+	sm.result.CriticalPathS = b.criticalPath
+	sm.result.WorkPerSlotS = b.workPerSlot
+	sm.result.LowerBoundS = b.lower
+	sm.result.ReleaseBoundS = b.release
 }
 
 // history returns the estimates the scheduler starts with: one per pname,
