@@ -257,7 +257,7 @@ func (h *Hub) register(s *session) error {
 			return nil
 		}
 		h.mu.Unlock()
-		old.close(websocket.StatusPolicyViolation, "replaced by a newer connection of the same worker")
+		old.replace()
 		<-old.left
 	}
 }

@@ -31,7 +31,13 @@ type session struct {
 	closeOnce sync.Once
 
 	// mu guards the fields below.
-	mu          sync.Mutex
+	mu sync.Mutex
+	// closedByNode is set when the node closed the connection on purpose,
+	// and replaced when a newer connection of the worker took its place.
+	closedByNode bool
+	replaced     bool
+	// dropped is set when run returns, see RemoteWorker.Dropped.
+	dropped     bool
 	connectedAt time.Time
 	lastSeen    time.Time
 	heartbeat   Heartbeat
@@ -65,7 +71,27 @@ func newSession(h *Hub, conn Conn, id string, hello Hello, log *slog.Logger) *se
 
 // close closes the connection with a reason; run then returns.
 func (s *session) close(code websocket.StatusCode, reason string) {
+	s.mu.Lock()
+	s.closedByNode = true
+	s.mu.Unlock()
 	s.closeOnce.Do(func() { s.conn.Close(code, reason) })
+}
+
+// replace closes the connection because a newer connection of the same
+// worker arrived: the worker is back, so the session counts as dropped.
+func (s *session) replace() {
+	s.mu.Lock()
+	s.replaced = true
+	s.mu.Unlock()
+	s.close(websocket.StatusPolicyViolation, "replaced by a newer connection of the same worker")
+}
+
+// endedBy records how the connection ended, given the error that ended
+// the read loop.
+func (s *session) endedBy(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropped = s.replaced || (!s.closedByNode && websocket.CloseStatus(err) != websocket.StatusNormalClosure)
 }
 
 // run reads and handles messages until the connection ends, and returns
@@ -90,6 +116,7 @@ func (s *session) run(ctx context.Context) error {
 			return err
 		}
 		if err != nil {
+			s.endedBy(err)
 			s.close(websocket.StatusGoingAway, "read failed")
 			return err
 		}
@@ -311,6 +338,16 @@ func (w *RemoteWorker) Hello() Hello { return w.s.hello }
 
 // Done is closed when the worker's connection ended.
 func (w *RemoteWorker) Done() <-chan struct{} { return w.s.done }
+
+// Dropped reports whether the connection ended without the worker
+// stopping or the node closing it on purpose: a network failure, a crashed
+// worker, or a newer connection of the worker. Such a worker may come back
+// with its builds still running. Valid once Done is closed.
+func (w *RemoteWorker) Dropped() bool {
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	return w.s.dropped
+}
 
 // Evaluate runs req on the worker, writing its progress lines to progress.
 func (w *RemoteWorker) Evaluate(ctx context.Context, req EvalRequest, progress io.Writer) (EvalResult, error) {

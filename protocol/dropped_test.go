@@ -1,0 +1,59 @@
+package protocol
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// attachPipe attaches a worker named id to th over a Pipe, runs the
+// handshake from the worker's end and returns that end.
+func attachPipe(t *testing.T, th *testHub, id string) Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	nodeEnd, workerEnd := Pipe()
+	go th.Attach(context.Background(), nodeEnd, id, "pipe")
+	hello := &Hello{Version: Version, Capabilities: []Capability{CapBuild}, Systems: []string{"x86_64-linux"}, MaxJobs: 1, CPUs: 1}
+	if err := workerEnd.Write(ctx, hello); err != nil {
+		t.Fatalf("send hello: %v", err)
+	}
+	if m, err := workerEnd.Read(ctx); err != nil {
+		t.Fatalf("read welcome: %v", err)
+	} else if _, ok := m.(*Welcome); !ok {
+		t.Fatalf("got a %s message, want welcome", m.Type())
+	}
+	return workerEnd
+}
+
+// TestRemoteWorkerDropped checks which ends of a connection count as
+// dropped, so that the node keeps the worker's jobs for a lease.
+func TestRemoteWorkerDropped(t *testing.T) {
+	tests := []struct {
+		name string
+		end  func(t *testing.T, th *testHub, worker Conn)
+		want bool
+	}{
+		{"worker stopped", func(_ *testing.T, _ *testHub, c Conn) { c.Close(websocket.StatusNormalClosure, "worker stopping") }, false},
+		{"connection cut", func(_ *testing.T, _ *testHub, c Conn) { c.Close(websocket.StatusGoingAway, "") }, true},
+		{"node disconnected it", func(_ *testing.T, th *testHub, _ Conn) { th.Disconnect("w1", "token revoked") }, false},
+		{"lease expired", func(_ *testing.T, th *testHub, _ Conn) { th.CheckLeases(time.Now().Add(24 * time.Hour)) }, false},
+		{"replaced by a new connection", func(t *testing.T, th *testHub, _ Conn) { attachPipe(t, th, "w1") }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			th := newTestHub(t, nil)
+			c := attachPipe(t, th, "w1")
+			w := th.waitJoined(t)
+			tt.end(t, th, c)
+			if left := th.waitLeft(t); left != w {
+				t.Fatalf("Left reported another worker")
+			}
+			if got := w.Dropped(); got != tt.want {
+				t.Errorf("Dropped() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
