@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"testing"
 	"time"
 
@@ -75,7 +74,7 @@ func cutDuringBuild(t *testing.T, cfg ServeConfig) error {
 // ServeConfig.Detached a build goes on after its connection ends and can
 // write its log, while Serve returns without waiting for it.
 func TestServeDetachedBuildOutlivesSession(t *testing.T) {
-	var detached sync.WaitGroup
+	var detached DetachedBuilds
 	err := cutDuringBuild(t, ServeConfig{Detached: &detached})
 	if err != nil {
 		t.Errorf("detached build ended with %v, want its context alive and its log writable", err)
@@ -89,5 +88,105 @@ func TestServeCancelsBuildWithoutDetached(t *testing.T) {
 	err := cutDuringBuild(t, ServeConfig{})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("build ended with %v, want context.Canceled", err)
+	}
+}
+
+// TestHeartbeatCountsDetachedBuilds checks that a session's heartbeats
+// count a build that went on after an earlier session of the worker ended,
+// and count it once when the node offers the same derivation again.
+func TestHeartbeatCountsDetachedBuilds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	release := make(chan struct{})
+	started := make(chan string, 4)
+	w := &fakeWorker{build: func(ctx context.Context, req BuildRequest, log io.Writer, nars NARSink) (BuildResult, error) {
+		started <- req.DrvPath
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return BuildResult{}, nil
+	}}
+	detached := &DetachedBuilds{}
+	cfg := ServeConfig{
+		Detached: detached,
+		Setup:    func(context.Context, *Welcome) (Worker, error) { return w, nil },
+		Systems:  []string{"x86_64-linux"},
+		MaxJobs:  2,
+		SpoolDir: t.TempDir(),
+	}
+	// session starts Serve over a Pipe, answers its Hello and returns the
+	// node's end.
+	session := func() Conn {
+		nodeEnd, workerEnd := Pipe()
+		go Serve(ctx, workerEnd, cfg)
+		if _, err := nodeEnd.Read(ctx); err != nil {
+			t.Fatalf("read hello: %v", err)
+		}
+		welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 20, LeaseMillis: 30000, CachePath: "/cache/main"}
+		if err := nodeEnd.Write(ctx, welcome); err != nil {
+			t.Fatal(err)
+		}
+		return nodeEnd
+	}
+	// nextHeartbeat reads until a heartbeat arrives.
+	nextHeartbeat := func(c Conn) *Heartbeat {
+		for {
+			m, err := c.Read(ctx)
+			if err != nil {
+				t.Fatalf("read heartbeat: %v", err)
+			}
+			if hb, ok := m.(*Heartbeat); ok {
+				return hb
+			}
+		}
+	}
+	const drv = "/nix/store/00000000000000000000000000000000-x.drv"
+
+	first := session()
+	if err := first.Write(ctx, &JobOffer{Job: 1, Build: &BuildRequest{DrvPath: drv}}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	first.Close(websocket.StatusGoingAway, "connection cut")
+
+	second := session()
+	if hb := nextHeartbeat(second); hb.RunningJobs != 1 {
+		t.Errorf("after the cut, RunningJobs = %d, want 1 for the detached build", hb.RunningJobs)
+	}
+	if err := second.Write(ctx, &JobOffer{Job: 1, Build: &BuildRequest{DrvPath: drv}}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	// Once the worker accepted the offer, its heartbeats count the
+	// derivation once.
+	for accepted := false; ; {
+		m, err := second.Read(ctx)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		switch m := m.(type) {
+		case *JobAccept:
+			accepted = true
+		case *Heartbeat:
+			if accepted && m.RunningJobs != 1 {
+				t.Fatalf("with the derivation offered again, RunningJobs = %d, want 1", m.RunningJobs)
+			}
+		}
+		if accepted {
+			break
+		}
+	}
+	if hb := nextHeartbeat(second); hb.RunningJobs != 1 {
+		t.Errorf("with the derivation offered again, RunningJobs = %d, want 1", hb.RunningJobs)
+	}
+	close(release)
+	detached.Wait()
+	// The offered build ends too; then nothing runs.
+	for {
+		if hb := nextHeartbeat(second); hb.RunningJobs == 0 {
+			break
+		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -90,7 +89,7 @@ type RunConfig struct {
 func RunWorker(ctx context.Context, dial Dialer, cfg RunConfig) error {
 	ctx, cancel := context.WithCancel(ctx)
 	if cfg.Detached == nil {
-		cfg.Detached = &sync.WaitGroup{}
+		cfg.Detached = &DetachedBuilds{}
 	}
 	// Deferred calls run last in, first out: cancel the detached builds,
 	// then wait for them.

@@ -69,8 +69,65 @@ type ServeConfig struct {
 	// them built. Its log is dropped and its upload fails once the
 	// connection is gone, and ctx still cancels it. Serve returns without
 	// waiting for these builds: it adds them to Detached, and the caller
-	// waits on it. When nil, Serve cancels every job when it returns.
-	Detached *sync.WaitGroup
+	// waits on it. Later sessions sharing Detached count such builds in
+	// their heartbeats. When nil, Serve cancels every job when it returns.
+	Detached *DetachedBuilds
+}
+
+// DetachedBuilds tracks the build jobs that may outlive their session,
+// across the sessions of one worker. The zero value is ready to use.
+type DetachedBuilds struct {
+	wg sync.WaitGroup
+
+	// mu guards owners.
+	mu sync.Mutex
+	// owners maps each running build's derivation to the sessions that
+	// run it, once per job.
+	owners map[string][]*workerSession
+}
+
+// Wait waits until every build added so far has ended.
+func (d *DetachedBuilds) Wait() { d.wg.Wait() }
+
+// start records that s runs a build of drvPath. The returned func records
+// its end.
+func (d *DetachedBuilds) start(s *workerSession, drvPath string) (done func()) {
+	d.wg.Add(1)
+	d.mu.Lock()
+	if d.owners == nil {
+		d.owners = map[string][]*workerSession{}
+	}
+	d.owners[drvPath] = append(d.owners[drvPath], s)
+	d.mu.Unlock()
+	return func() {
+		d.mu.Lock()
+		owners := d.owners[drvPath]
+		if i := slices.Index(owners, s); i >= 0 {
+			owners = slices.Delete(owners, i, i+1)
+		}
+		if len(owners) == 0 {
+			delete(d.owners, drvPath)
+		} else {
+			d.owners[drvPath] = owners
+		}
+		d.mu.Unlock()
+		d.wg.Done()
+	}
+}
+
+// orphans returns how many derivations are being built by earlier
+// sessions only, not by s: builds that went on after their connection
+// ended and that s's jobs do not cover.
+func (d *DetachedBuilds) orphans(s *workerSession) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, owners := range d.owners {
+		if !slices.Contains(owners, s) {
+			n++
+		}
+	}
+	return n
 }
 
 func (c ServeConfig) withDefaults() ServeConfig {
@@ -216,6 +273,9 @@ func (s *workerSession) heartbeats(ctx context.Context) {
 			s.mu.Lock()
 			running := len(s.jobs)
 			s.mu.Unlock()
+			if s.cfg.Detached != nil {
+				running += s.cfg.Detached.orphans(s)
+			}
 			hb := &Heartbeat{RunningJobs: running, Load1: loadAverage(), FreeDiskBytes: freeDisk(s.cfg.StoreDir)}
 			if err := s.conn.Write(ctx, hb); err != nil {
 				return
@@ -306,17 +366,21 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 	// A build that may outlive the session runs on the context of the
 	// worker, and the session does not wait for it.
 	detached := offer.Build != nil && s.detachedCtx != nil
-	parent, jobs := s.ctx, wg
+	parent := s.ctx
+	var jobDone func()
 	if detached {
-		parent, jobs = s.detachedCtx, s.cfg.Detached
+		parent = s.detachedCtx
+		jobDone = s.cfg.Detached.start(s, offer.Build.DrvPath)
+	} else {
+		wg.Add(1)
+		jobDone = wg.Done
 	}
 	jobCtx, cancel := context.WithCancel(parent)
 	s.jobs[offer.Job] = cancel
 	s.mu.Unlock()
 
-	jobs.Add(1)
 	go func() {
-		defer jobs.Done()
+		defer jobDone()
 		release := func() {
 			cancel()
 			s.mu.Lock()
