@@ -5,13 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/gradient-ci/gradient/internal/narcompress"
 )
 
 func testdataNARs(t testing.TB, compression string) [][]byte {
@@ -63,44 +66,10 @@ func randomBytes(t testing.TB, n int) []byte {
 	return data
 }
 
-func TestCheckXZDictionariesAccepts(t *testing.T) {
+// TestScanNARMultiBlockXZ checks that scanNAR's xz check and the decoder
+// agree on the layout of a file with many blocks.
+func TestScanNARMultiBlockXZ(t *testing.T) {
 	payload := append(randomBytes(t, 20000), bytes.Repeat([]byte("nar"), 20000)...)
-
-	tests := []struct {
-		name string
-		data []byte
-	}{
-		{name: "CRC-64 blocks of 4 KiB", data: compressXZ(t, xz.WriterConfig{BlockSize: 4096}, payload)},
-		{name: "CRC-32", data: compressXZ(t, xz.WriterConfig{CheckSum: xz.CRC32}, payload)},
-		{name: "SHA-256", data: compressXZ(t, xz.WriterConfig{CheckSum: xz.SHA256}, payload)},
-		{name: "no check", data: compressXZ(t, xz.WriterConfig{NoCheckSum: true}, payload)},
-		{name: "empty", data: compressXZ(t, xz.WriterConfig{}, nil)},
-		{
-			name: "two streams with padding",
-			data: bytes.Join([][]byte{
-				compressXZ(t, xz.WriterConfig{}, payload[:100]),
-				compressXZ(t, xz.WriterConfig{}, payload[100:]),
-			}, []byte{0, 0, 0, 0}),
-		},
-	}
-
-	for i, nar := range testdataNARs(t, "xz") {
-		tests = append(tests, struct {
-			name string
-			data []byte
-		}{name: "nix file " + string(rune('0'+i)), data: nar})
-	}
-
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if err := checkXZDictionaries(bytes.NewReader(tt.data), maxDecoderWindow); err != nil {
-				t.Errorf("checkXZDictionaries(%s) = %v, want nil", tt.name, err)
-			}
-		})
-	}
-
-	// The streams after the check must decode to the payload, so the
-	// walk and the decoder agree on the layout.
 	data := compressXZ(t, xz.WriterConfig{BlockSize: 4096}, payload)
 
 	record, _, err := scanNAR(context.Background(), "xz", bytes.NewReader(data), uint64(len(payload)))
@@ -109,46 +78,21 @@ func TestCheckXZDictionariesAccepts(t *testing.T) {
 	}
 }
 
-func TestCheckXZDictionariesRejects(t *testing.T) {
-	nixFile := testdataNARs(t, "xz")[0]
+// TestScanNARRejectsLargeXZDictionary checks that an upload whose xz
+// block header names a dictionary over the limit is a client error.
+func TestScanNARRejectsLargeXZDictionary(t *testing.T) {
+	data := bytes.Clone(testdataNARs(t, "xz")[0])
+	data[16] = 38 // the dictionary size byte of the first block: 2 GiB
 
-	bigDictionary := bytes.Clone(nixFile)
-	bigDictionary[16] = 38 // 2 GiB
+	_, _, err := scanNAR(context.Background(), "xz", bytes.NewReader(data), 1000)
 
-	otherFilter := bytes.Clone(nixFile)
-	otherFilter[14] = 0x04 // the x86 BCJ filter
-
-	tests := []struct {
-		name    string
-		data    []byte
-		wantErr error
-	}{
-		{name: "dictionary over the limit", data: bigDictionary, wantErr: errDecoderLimit},
-		{name: "other filter", data: otherFilter},
-		{name: "not xz", data: []byte("nix-archive-1")},
-		{name: "garbage after stream", data: append(bytes.Clone(nixFile), 1, 2, 3, 4)},
-		{name: "padding not a multiple of 4", data: append(bytes.Clone(nixFile), 0, 0)},
+	var uploadErr *uploadError
+	if !errors.As(err, &uploadErr) || uploadErr.code != http.StatusBadRequest {
+		t.Fatalf("scanNAR(xz with a 2 GiB dictionary) = %v, want a 400 *uploadError", err)
 	}
 
-	for n := 1; n < len(nixFile); n++ {
-		tests = append(tests, struct {
-			name    string
-			data    []byte
-			wantErr error
-		}{name: "truncated", data: nixFile[:n]})
-	}
-
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := checkXZDictionaries(bytes.NewReader(tt.data), maxDecoderWindow)
-			if err == nil {
-				t.Fatalf("checkXZDictionaries(%s, %d bytes) = nil, want an error", tt.name, len(tt.data))
-			}
-
-			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
-				t.Errorf("checkXZDictionaries(%s) = %v, want %v", tt.name, err, tt.wantErr)
-			}
-		})
+	if want := narcompress.ErrWindowTooLarge.Error(); !strings.Contains(err.Error(), want) {
+		t.Errorf("scanNAR(xz with a 2 GiB dictionary) = %q, want it to contain %q", err, want)
 	}
 }
 
@@ -185,31 +129,6 @@ func TestScanNARStopsAfterNarSize(t *testing.T) {
 	if record.FileSize != uint64(len(bomb)) {
 		t.Errorf("scanNAR(64 MiB of zeros).FileSize = %d, want %d, the whole file", record.FileSize, len(bomb))
 	}
-}
-
-// FuzzCheckXZDictionaries checks that the xz header walk never panics and
-// that decoding whatever it accepts stays within the dictionary limit.
-func FuzzCheckXZDictionaries(f *testing.F) {
-	for _, nar := range testdataNARs(f, "xz") {
-		f.Add(nar)
-	}
-
-	f.Add(compressXZ(f, xz.WriterConfig{BlockSize: 64}, bytes.Repeat([]byte("abc"), 100)))
-
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if err := checkXZDictionaries(bytes.NewReader(data), 1<<20); err != nil {
-			return
-		}
-
-		// The decoder allocates at most the checked dictionary, so
-		// decoding an accepted file must stay cheap.
-		dec, err := xz.NewReader(bytes.NewReader(data))
-		if err != nil {
-			return
-		}
-
-		io.Copy(io.Discard, io.LimitReader(dec, 1<<20))
-	})
 }
 
 // FuzzScanNAR checks that scanning an uploaded file never panics and
