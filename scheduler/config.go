@@ -79,8 +79,10 @@ type Config struct {
 
 	// UrgencyMargin sets which derivations PolicyGradient assigns in
 	// priority order, wherever their inputs are: those whose priority is
-	// at least 1 - UrgencyMargin times the estimated time left. Default
-	// 0.25, in (0, 1].
+	// at least 1 - UrgencyMargin times the estimated time left. With a
+	// margin m, a derivation whose estimate is up to 1/(1-m) times too low
+	// becomes urgent before its true path exceeds the time left, so the
+	// default covers estimates 1.67 times too low. Default 0.4, in (0, 1].
 	UrgencyMargin float64
 
 	// HoldThreshold is the fetch time PolicyGradient must save before a
@@ -108,7 +110,7 @@ const (
 	DefaultJobIDPrefix    = "job-"
 	DefaultLocalityWindow = 64
 	DefaultHoldThreshold  = 10 * time.Second
-	DefaultUrgencyMargin  = 0.25
+	DefaultUrgencyMargin  = 0.4
 )
 
 // withDefaults returns a copy of c with every zero field set to its

@@ -167,7 +167,7 @@ type scriptRunner struct {
 // runCommand runs one command and returns its output lines. Commands:
 //
 //	new [policy=P] [default-build-time=D] [max-job-length=N] [max-attempts=N]
-//	    [peer-slack=D] [bandwidth=B] [shares=P:S,...]
+//	    [peer-slack=D] [bandwidth=B] [shares=P:S,...] [urgency-margin=M]
 //	                                replaces the Scheduler with a new one and
 //	                                sets the clock back to the epoch
 //	worker ID systems=S,... [features=F,...] [slots=N] [speed=X]
@@ -347,6 +347,8 @@ func parseConfig(args []string) (Config, error) {
 			cfg.MaxAttempts, err = strconv.Atoi(v)
 		case "bandwidth":
 			cfg.FetchBandwidth, err = strconv.ParseFloat(v, 64)
+		case "urgency-margin":
+			cfg.UrgencyMargin, err = strconv.ParseFloat(v, 64)
 		case "shares":
 			cfg.ProjectShares = make(map[string]float64)
 			for _, item := range splitList(v) {
