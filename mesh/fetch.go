@@ -3,7 +3,6 @@ package mesh
 import (
 	"bufio"
 	"bytes"
-	"compress/bzip2"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -13,27 +12,23 @@ import (
 	"path"
 	"slices"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/internal/narcompress"
 	"github.com/gradient-ci/gradient/mesh/wire"
 	"github.com/gradient-ci/gradient/protocol"
 )
 
 // ErrBadData is wrapped when a peer serves a narinfo or NAR that fails
 // verification: a narinfo for another path or without a member's
-// signature, or a NAR whose size or hash differs from its narinfo. The
-// peer is blocked for Config.BlockDuration.
+// signature, a NAR whose size or hash differs from its narinfo, or a NAR
+// file that does not decompress, such as an xz file with a dictionary
+// over narcompress.MaxWindow. The peer is blocked for
+// Config.BlockDuration. A Compression value that the mesh does not
+// decompress is not bad data, and the next peer is tried.
 var ErrBadData = errors.New("peer served bad data")
-
-// errUnsupported is wrapped when a peer serves a NAR compressed in a
-// format the mesh does not decompress. The peer is not blocked.
-var errUnsupported = errors.New("unsupported compression")
-
-// maxDecoderWindow bounds the memory of a zstd decoder.
-const maxDecoderWindow = 64 << 20
 
 // Fetch copies storePath from the nearest peer that provides it into
 // sink, which verifies it again and stores it. It tries hints first, such
@@ -368,30 +363,28 @@ type verifiedNAR struct {
 	err error
 }
 
+// newVerifiedNAR returns a verifiedNAR of file. For xz it reads the
+// stream header from file, and it checks each block header with
+// narcompress's dictionary bound before the decoder reads it, because the
+// peer chooses the dictionary size.
 func newVerifiedNAR(file io.Reader, info *narinfo.NarInfo, fileSize int64) (*verifiedNAR, error) {
 	v := &verifiedNAR{info: info, fileSize: fileSize, narHash: sha256.New(), closer: func() {}}
 	v.file = &hashingReader{r: file, h: sha256.New()}
 
-	switch info.Compression {
-	case "none":
-		v.nar = v.file
-	case "zstd":
-		dec, err := zstd.NewReader(v.file,
-			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderMaxWindow(maxDecoderWindow),
-			zstd.WithDecoderMaxMemory(maxDecoderWindow))
-		if err != nil {
-			return nil, fmt.Errorf("%w: zstd: %w", ErrBadData, err)
-		}
-		v.nar = dec
-		v.closer = dec.Close
-	case "bzip2":
-		v.nar = bzip2.NewReader(v.file)
-	default:
-		// NOTE: xz is not decompressed here, because its dictionary size
-		// is chosen by the sender and needs a check before decoding.
-		return nil, fmt.Errorf("%w %q", errUnsupported, info.Compression)
+	dec, err := narcompress.NewReader(info.Compression, v.file)
+
+	switch {
+	case errors.Is(err, narcompress.ErrUnsupported):
+		return nil, err
+	case err != nil && v.file.err != nil:
+		// The stream failed, not the data.
+		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("%w: decompress %s: %w", ErrBadData, info.Compression, err)
 	}
+
+	v.nar = dec
+	v.closer = func() { dec.Close() }
 
 	return v, nil
 }

@@ -127,6 +127,31 @@ func (c *memCache) put(storePath string, data []byte, refs []string, key narinfo
 	return info
 }
 
+// putFile stores file, which is nar compressed with compression, as the
+// NAR file of storePath, signed by key.
+func (c *memCache) putFile(storePath string, nar, file []byte, compression string, key narinfo.SecretKey) *narinfo.NarInfo {
+	narSum := sha256.Sum256(nar)
+	fileSum := sha256.Sum256(file)
+	url := "nar/" + nixbase32.EncodeToString(fileSum[:]) + ".nar." + compression
+	info := &narinfo.NarInfo{
+		StorePath:   storePath,
+		URL:         url,
+		Compression: compression,
+		FileHash:    mustHash(fileSum[:]),
+		FileSize:    uint64(len(file)),
+		NarHash:     mustHash(narSum[:]),
+		NarSize:     uint64(len(nar)),
+	}
+	if err := narinfo.Sign(info, key); err != nil {
+		panic(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.infos[narinfo.HashPart(storePath)] = info
+	c.files[url] = file
+	return info
+}
+
 // tamper replaces the NAR file of storePath with bytes of the same size.
 func (c *memCache) tamper(storePath string) {
 	c.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/internal/narcompress"
 )
 
 // narInfoFor returns a narinfo that describes nar stored as file with
@@ -52,6 +53,8 @@ func TestVerifiedNAR(t *testing.T) {
 		t.Fatal(err)
 	}
 	compressed := zstdCompress(t, nar)
+	compressedXZ := xzCompress(t, nar)
+	hugeXZ := xzHugeDictionary(t, nar)
 	flipped := bytes.Clone(nar)
 	flipped[len(flipped)/2] ^= 1
 
@@ -68,7 +71,11 @@ func TestVerifiedNAR(t *testing.T) {
 		{"long", append(bytes.Clone(nar), 0), narInfoFor(nar, nar, "none"), ErrBadData},
 		{"zstd of other bytes", zstdCompress(t, flipped), narInfoFor(nar, compressed, "zstd"), ErrBadData},
 		{"garbage as zstd", nar, narInfoFor(nar, nar, "zstd"), ErrBadData},
-		{"xz", nar, narInfoFor(nar, nar, "xz"), errUnsupported},
+		{"xz", compressedXZ, narInfoFor(nar, compressedXZ, "xz"), nil},
+		{"xz of other bytes", xzCompress(t, flipped), narInfoFor(nar, compressedXZ, "xz"), ErrBadData},
+		{"garbage as xz", nar, narInfoFor(nar, nar, "xz"), ErrBadData},
+		{"xz with a 2 GiB dictionary", hugeXZ, narInfoFor(nar, hugeXZ, "xz"), narcompress.ErrWindowTooLarge},
+		{"unsupported compression", nar, narInfoFor(nar, nar, "lz4"), narcompress.ErrUnsupported},
 	}
 
 	for _, tt := range tests {
