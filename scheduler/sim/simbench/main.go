@@ -93,15 +93,15 @@ func run(ctx context.Context, out io.Writer, seeds int) (bool, error) {
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "nixpkgs-shaped graph, 100,000 derivations, 32 workers, seed 1:")
 	fmt.Fprintln(out)
-	fmt.Fprintln(out, "| policy | plan s (wall) | plan s (CPU) | max decision us | max call us | scheduler s | makespan s | ratio | bytes moved GB |")
-	fmt.Fprintln(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintln(out, "| policy | plan s (wall) | plan s (CPU) | max decision us | max call us | scheduler s | makespan s | ratio | ratio to release bound | bytes moved GB |")
+	fmt.Fprintln(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, policy := range []scheduler.Policy{scheduler.PolicyHydra, scheduler.PolicyGradient} {
 		r, err := sim.Run(ctx, sim.Options{Graph: "nixpkgs", Size: 100_000, Workers: 32, Policy: policy, Seed: 1})
 		if err != nil {
 			return false, err
 		}
-		fmt.Fprintf(out, "| %s | %.3f | %.3f | %.0f | %.0f | %.2f | %.0f | %.3f | %.1f |\n",
-			policy, r.PlanS, r.PlanCPUS, r.MaxDecisionUS, r.MaxCallUS, r.SchedulerS, r.MakespanS, r.MakespanS/r.LowerBoundS, float64(r.BytesMoved)/1e9)
+		fmt.Fprintf(out, "| %s | %.3f | %.3f | %.0f | %.0f | %.2f | %.0f | %.3f | %.3f | %.1f |\n",
+			policy, r.PlanS, r.PlanCPUS, r.MaxDecisionUS, r.MaxCallUS, r.SchedulerS, r.MakespanS, r.MakespanS/r.LowerBoundS, r.MakespanS/r.ReleaseBoundS, float64(r.BytesMoved)/1e9)
 		if policy == scheduler.PolicyGradient {
 			goals = append(goals,
 				goal{fmt.Sprintf("100,000 derivations planned in under 2 s (%.3f s)", r.PlanS), r.PlanS < 2},
