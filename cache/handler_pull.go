@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
@@ -19,8 +20,11 @@ import (
 // servePulledNAR serves a NAR file that a pulled narinfo names and that is
 // not downloaded yet. A GET starts the download, or joins the running one,
 // and streams the file as it arrives. The response is aborted, never
-// completed, when the download fails its checks. A Range request waits
-// for the whole file. A HEAD starts no download but sends a HEAD request to the upstream.
+// completed, when the download fails its checks. A Range request for one
+// range that reaches the end of the file, such as the "bytes=N-" that nix
+// sends to resume a cut download, streams that part as it arrives when the
+// file's size is known. Other Range requests wait for the whole file. A
+// HEAD starts no download but sends a HEAD request to the upstream.
 func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileName string) {
 	ctx := r.Context()
 
@@ -50,12 +54,24 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 	// Wait for the first byte, so a download that fails at once gets an
 	// error status instead of an aborted 200.
 	st, err := flight.wait(ctx, 1)
-	if err == nil && r.Header.Get("Range") != "" {
-		st, err = flight.wait(ctx, 1<<62)
-	}
-
 	if err != nil {
 		return
+	}
+
+	size := pulledNARSize(info, st.contentLength)
+
+	if header := r.Header.Get("Range"); header != "" && !st.done {
+		start, ok := rangeToEnd(header, size)
+		if ok && r.Header.Get("If-Range") == "" {
+			h.streamFlight(w, r, flight, size, start)
+			return
+		}
+
+		// The checks of the download end with its last byte, so only a
+		// range that holds the last byte can be aborted when they fail.
+		if st, err = flight.wait(ctx, 1<<62); err != nil {
+			return
+		}
 	}
 
 	if st.err != nil {
@@ -69,7 +85,72 @@ func (h *handler) servePulledNAR(w http.ResponseWriter, r *http.Request, fileNam
 		return
 	}
 
-	h.streamFlight(w, r, flight, info, st.contentLength)
+	h.streamFlight(w, r, flight, size, -1)
+}
+
+// pulledNARSize returns the size of a pulled NAR file: the narinfo's
+// FileSize, or else the upstream's Content-Length, or -1 when neither is
+// known.
+func pulledNARSize(info *narinfo.NarInfo, contentLength int64) int64 {
+	if info.FileSize > 0 {
+		return int64(info.FileSize)
+	}
+
+	return contentLength
+}
+
+// rangeToEnd parses a Range header that names one byte range reaching the
+// last byte of a file of size bytes: "bytes=N-", "bytes=N-M" with
+// M >= size-1, or the suffix "bytes=-K". It returns the offset of the
+// range's first byte. It reports false for other headers, for an unknown
+// size (-1) and for a range that starts at or past the end.
+func rangeToEnd(header string, size int64) (int64, bool) {
+	spec, ok := strings.CutPrefix(header, "bytes=")
+	if !ok || size <= 0 {
+		return 0, false
+	}
+
+	first, last, ok := strings.Cut(spec, "-")
+	if !ok {
+		return 0, false
+	}
+
+	// Only spaces and tabs are trimmed, as http.ServeContent trims them.
+	first, last = strings.Trim(first, " \t"), strings.Trim(last, " \t")
+
+	if first == "" {
+		suffix, ok := parseDigits(last)
+		if !ok || suffix == 0 {
+			return 0, false
+		}
+
+		return max(size-suffix, 0), true
+	}
+
+	start, ok := parseDigits(first)
+	if !ok || start >= size {
+		return 0, false
+	}
+
+	if last != "" {
+		end, ok := parseDigits(last)
+		if !ok || end < size-1 {
+			return 0, false
+		}
+	}
+
+	return start, true
+}
+
+// parseDigits parses a non-empty string of ASCII digits that fits an int64.
+func parseDigits(s string) (int64, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+
+	n, err := strconv.ParseInt(s, 10, 64)
+
+	return n, err == nil
 }
 
 // headPulledNAR handles HEAD for a NAR file that is not downloaded yet. It
@@ -116,6 +197,7 @@ func (h *handler) headPulledNAR(w http.ResponseWriter, r *http.Request, record p
 	}
 
 	w.Header().Set("Content-Type", narContentType)
+	w.Header().Set("Accept-Ranges", "bytes")
 
 	switch {
 	case info.FileSize > 0:
@@ -166,9 +248,10 @@ func (h *handler) serveCommittedNAR(w http.ResponseWriter, r *http.Request, path
 	h.serveNARFile(w, r, f, "upstream")
 }
 
-// streamFlight sends the file of a running download as it grows.
-// contentLength is the upstream's Content-Length, or -1.
-func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *narFlight, info *narinfo.NarInfo, contentLength int64) {
+// streamFlight sends the file of a running download as it grows: all of
+// it with 200 when start is -1, or else with 206 from byte start to the
+// end. size is the file's size from pulledNARSize, which a range needs.
+func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *narFlight, size, start int64) {
 	reader, err := flight.newReader(r.Context())
 	if err != nil {
 		h.lookupError(w, r, "nar", err)
@@ -179,17 +262,28 @@ func (h *handler) streamFlight(w http.ResponseWriter, r *http.Request, flight *n
 
 	w.Header().Set("Content-Type", narContentType)
 
+	// Nix resumes a cut download with a Range request only when the cut
+	// response had this header (src/libstore/filetransfer.cc in Nix 2.8,
+	// current Nix and Lix).
+	w.Header().Set("Accept-Ranges", "bytes")
+
 	// The download stops at FileSize bytes, or else at the upstream's
 	// Content-Length, and fails on fewer, so the response aborts when the
 	// file has another size. Without either the response is chunked.
+	status := http.StatusOK
+
 	switch {
-	case info.FileSize > 0:
-		w.Header().Set("Content-Length", strconv.FormatUint(info.FileSize, 10))
-	case contentLength >= 0:
-		w.Header().Set("Content-Length", strconv.FormatInt(contentLength, 10))
+	case start >= 0:
+		reader.offset = start
+		status = http.StatusPartialContent
+
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, size-1, size))
+		w.Header().Set("Content-Length", strconv.FormatInt(size-start, 10))
+	case size >= 0:
+		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	}
 
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 
 	n, err := io.Copy(flushWriter{w}, reader)
 	h.store.metrics.servedBytes.WithLabelValues("upstream").Add(float64(n))
