@@ -87,7 +87,7 @@ func (d *driver) updateBuilds(drvPath string, fn func(b *db.Build)) {
 // whose first derivation the node failed already, because no worker could
 // build it in time, is reported failed to the scheduler without running.
 func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
-	w, ok := d.workers[a.WorkerID]
+	link, ok := d.links[a.WorkerID]
 	if !ok {
 		d.log.Error("scheduler assigned a job to an unknown worker", "job_id", a.JobID, "worker_id", a.WorkerID)
 		return
@@ -131,7 +131,7 @@ func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
 	d.jobs[a.JobID] = cancel
 	d.goBackground(func() {
 		defer cancel()
-		d.runJob(jobCtx, ctx, w, a)
+		d.runJob(jobCtx, ctx, link, a)
 	})
 }
 
@@ -156,19 +156,21 @@ func (d *driver) buildStarted(jobID, workerID, drvPath string, first bool) {
 // runJob builds the job's derivations in order and reports each result,
 // then the end of the job, to the Run goroutine. It stops at the first
 // failure: the derivations after it depend on it. Only a *BuildError, a
-// builder that nix ran and that failed, fails a derivation. A worker that
-// disconnected reports nothing: the hub's Left makes the scheduler queue
-// the job again. A worker that declines a build is offered it again after
+// builder that nix ran and that failed, fails a derivation. When the
+// worker's connection drops, the build is offered again once the worker
+// reconnects, which completes it from its store or from the build that
+// went on. A worker that is removed instead reports nothing: the
+// scheduler queues the job again. A worker that declines a build is offered it again after
 // a delay, because the scheduler counts the job's slot as taken. Another
 // fault of the worker ends the job, which costs the derivation an attempt.
 // When jobCtx ends because the node shuts down, nothing is reported and
 // the builds stay unfinished for the next start.
-func (d *driver) runJob(jobCtx, nodeCtx context.Context, w protocol.Worker, a scheduler.Assign) {
+func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a scheduler.Assign) {
 	log := d.log.With("job_id", a.JobID, "worker_id", a.WorkerID)
 	for i, drv := range a.DrvPaths {
 		_ = d.post(nodeCtx, func(context.Context) { d.buildStarted(a.JobID, a.WorkerID, drv, i == 0) })
 		d.mesh.buildStarted(nodeCtx, drv, jobETA(a))
-		res, err := d.buildRetryingDeclines(jobCtx, log, w, a.WorkerID, drv)
+		res, err := d.buildOnLink(jobCtx, log, link, drv)
 		if nodeCtx.Err() != nil {
 			return
 		}
@@ -211,6 +213,31 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, w protocol.Worker, a sc
 		}
 		d.apply(ctx, decisions)
 	})
+}
+
+// buildOnLink builds one derivation on the worker of link. When the
+// worker's connection drops, it waits for the worker to reconnect and
+// offers the build again. It returns an error wrapping
+// protocol.ErrWorkerGone once the worker is removed.
+func (d *driver) buildOnLink(ctx context.Context, log *slog.Logger, link *workerLink, drvPath string) (protocol.BuildResult, error) {
+	var stale *protocol.RemoteWorker
+	for {
+		w, err := link.worker(ctx, stale)
+		if errors.Is(err, errWorkerRemoved) {
+			return protocol.BuildResult{}, fmt.Errorf("worker %q: %w", link.id, protocol.ErrWorkerGone)
+		}
+		if err != nil {
+			return protocol.BuildResult{}, err
+		}
+
+		res, err := d.buildRetryingDeclines(ctx, log, w, link.id, drvPath)
+		if !errors.Is(err, protocol.ErrWorkerGone) {
+			return res, err
+		}
+		stale = w
+		log.Info("connection to the worker ended during the build; offering it again if the worker reconnects within its lease",
+			"drv_path", drvPath, "err", err)
+	}
 }
 
 // buildRetryingDeclines builds one derivation on w, offering the build

@@ -58,6 +58,13 @@ type Config struct {
 	// builds as soon as they are ready.
 	UnsupportedTimeout time.Duration
 
+	// WorkerLease is how long a worker may stay silent before the node
+	// drops it, and how long the jobs of a worker whose connection
+	// dropped wait for it to reconnect before they are queued again.
+	// Workers send heartbeats every sixth of it. Default
+	// DefaultWorkerLease (30 s).
+	WorkerLease time.Duration
+
 	// ShutdownTimeout bounds how long Run waits for HTTP requests to end
 	// after its context is cancelled. Default 10 s.
 	ShutdownTimeout time.Duration
@@ -103,6 +110,9 @@ func (c Config) withDefaults() Config {
 	if c.UnsupportedTimeout == 0 {
 		c.UnsupportedTimeout = DefaultUnsupportedTimeout
 	}
+	if c.WorkerLease == 0 {
+		c.WorkerLease = DefaultWorkerLease
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
@@ -127,6 +137,9 @@ func (c Config) validate() error {
 	}
 	if c.UnsupportedTimeout < 0 && c.UnsupportedTimeout != FailUnsupportedAtOnce {
 		errs = append(errs, fmt.Errorf("unsupported timeout %v is negative: give a duration, or FailUnsupportedAtOnce", c.UnsupportedTimeout))
+	}
+	if c.WorkerLease < MinWorkerLease || c.WorkerLease > MaxWorkerLease {
+		errs = append(errs, fmt.Errorf("worker lease %v is out of range: give %v to %v", c.WorkerLease, MinWorkerLease, MaxWorkerLease))
 	}
 	if c.WorkerStore != "" && !filepath.IsAbs(c.WorkerStore) {
 		errs = append(errs, fmt.Errorf("worker store %q is not an absolute path", c.WorkerStore))

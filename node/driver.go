@@ -36,6 +36,10 @@ type driverConfig struct {
 	// that answers later is left out of that graph's first placements.
 	// Default 10 s.
 	StoreQueryTimeout time.Duration
+	// WorkerLease is how long the jobs of a worker whose connection
+	// dropped wait for it to reconnect before they are queued again.
+	// Zero queues them at once.
+	WorkerLease time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 }
@@ -68,8 +72,11 @@ type driver struct {
 	sched *scheduler.Scheduler
 	// workers are the connected workers that build, by ID.
 	workers map[string]*protocol.RemoteWorker
-	active  map[uint64]*activeEval
-	jobs    map[string]context.CancelFunc
+	// links follows each worker that the scheduler counts, connected or
+	// away, by ID.
+	links  map[string]*workerLink
+	active map[uint64]*activeEval
+	jobs   map[string]context.CancelFunc
 	// faults keeps the last worker fault, as opposed to a failed builder,
 	// of each derivation, for the build record if the scheduler gives up
 	// on it after too many attempts.
@@ -137,6 +144,7 @@ func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, cfg d
 		evalPool:    newWorkerPool(),
 		sched:       sched,
 		workers:     map[string]*protocol.RemoteWorker{},
+		links:       map[string]*workerLink{},
 		active:      map[uint64]*activeEval{},
 		jobs:        map[string]context.CancelFunc{},
 		faults:      map[string]string{},

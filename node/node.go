@@ -126,6 +126,7 @@ func (n *Node) Run(ctx context.Context) error {
 		MaxEvaluations:     cfg.MaxConcurrentEvaluations,
 		UnsupportedTimeout: cfg.UnsupportedTimeout,
 		NoEvalWorkerReason: noLocalReason,
+		WorkerLease:        cfg.WorkerLease,
 	})
 	if err != nil {
 		return err
@@ -138,9 +139,13 @@ func (n *Node) Run(ctx context.Context) error {
 		CachePublicKey: store.PublicKey(),
 		NARs:           store,
 		UploadDir:      filepath.Join(cfg.DataDir, "uploads"),
-		Joined:         func(w *protocol.RemoteWorker) { drv.workerJoined(ctx, w) },
-		Left:           func(w *protocol.RemoteWorker) { drv.workerLeft(ctx, w) },
-		Logger:         n.log,
+		// Six heartbeats fit in a lease, so a few lost ones do not
+		// drop a worker.
+		HeartbeatInterval: cfg.WorkerLease / 6,
+		Lease:             cfg.WorkerLease,
+		Joined:            func(w *protocol.RemoteWorker) { drv.workerJoined(ctx, w) },
+		Left:              func(w *protocol.RemoteWorker) { drv.workerLeft(ctx, w) },
+		Logger:            n.log,
 	})
 	if err != nil {
 		ln.Close()

@@ -83,7 +83,9 @@ func (p *workerPool) wait(ctx context.Context) ([]*protocol.RemoteWorker, error)
 }
 
 // workerJoined makes a worker that completed its handshake available to
-// evaluations and to the scheduler. The hub calls it.
+// evaluations and to the scheduler. A worker that comes back within the
+// lease of its dropped connection, announcing the same systems, features
+// and slots, takes up its jobs again. The hub calls it.
 func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 	hello := w.Hello()
 	if hello.Has(protocol.CapEval) {
@@ -94,6 +96,16 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 			now := d.now().UTC()
 			r.LastSeen = &now
 		})
+		if l := d.links[w.ID()]; l != nil {
+			if l.isAway() && sameShape(l.hello, hello) {
+				l.set(w)
+				d.workers[w.ID()] = w
+				d.log.Info("worker reconnected within its lease; its jobs go on", "worker_id", w.ID())
+				d.queryStores(ctx, []*protocol.RemoteWorker{w})
+				return
+			}
+			d.removeWorker(ctx, l, "it reconnected with other systems, features or slots")
+		}
 		if !hello.Has(protocol.CapBuild) {
 			return
 		}
@@ -109,14 +121,19 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 			return
 		}
 		d.workers[w.ID()] = w
+		d.links[w.ID()] = newWorkerLink(w)
 		d.pruneUnsupported()
 		d.apply(ctx, decisions)
 		d.queryStores(ctx, []*protocol.RemoteWorker{w})
 	})
 }
 
-// workerLeft removes a worker whose connection ended. The scheduler queues
-// the derivations of its jobs again without counting an attempt.
+// workerLeft handles the end of a worker's connection. A worker that
+// stopped, or that the node disconnected, is removed at once and the
+// scheduler queues the derivations of its jobs again without counting an
+// attempt. A dropped connection keeps the worker's jobs for its lease, so
+// that a build that goes on without a connection is not started again
+// elsewhere.
 func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 	d.evalPool.remove(w)
 	_ = d.post(ctx, func(ctx context.Context) {
@@ -124,18 +141,42 @@ func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 			now := d.now().UTC()
 			r.LastSeen = &now
 		})
-		if d.workers[w.ID()] != w {
+		l := d.links[w.ID()]
+		if l == nil || d.workers[w.ID()] != w {
 			return
 		}
 		delete(d.workers, w.ID())
-		decisions, err := d.sched.RemoveWorker(w.ID(), d.now())
-		if err != nil {
-			d.log.Error("scheduler could not remove a worker", "worker_id", w.ID(), "err", err)
+		if !w.Dropped() || d.cfg.WorkerLease <= 0 {
+			d.removeWorker(ctx, l, "its connection ended")
 			return
 		}
-		d.log.Info("worker removed; its unfinished jobs are queued again", "worker_id", w.ID())
-		d.apply(ctx, decisions)
+
+		outage := l.set(nil)
+		d.log.Info("worker connection dropped; its jobs wait for it to reconnect", "worker_id", w.ID(), "lease", d.cfg.WorkerLease)
+		time.AfterFunc(d.cfg.WorkerLease, func() {
+			_ = d.post(ctx, func(ctx context.Context) {
+				if d.links[l.id] == l && l.awayFor(outage) {
+					d.removeWorker(ctx, l, "it did not reconnect within its lease")
+				}
+			})
+		})
 	})
+}
+
+// removeWorker ends the link of a worker and removes the worker from the
+// scheduler, which queues the derivations of its jobs again without
+// counting an attempt. Called on the Run goroutine.
+func (d *driver) removeWorker(ctx context.Context, l *workerLink, reason string) {
+	l.remove()
+	delete(d.links, l.id)
+	delete(d.workers, l.id)
+	decisions, err := d.sched.RemoveWorker(l.id, d.now())
+	if err != nil {
+		d.log.Error("scheduler could not remove a worker", "worker_id", l.id, "err", err)
+		return
+	}
+	d.log.Info("worker removed; its unfinished jobs are queued again", "worker_id", l.id, "reason", reason)
+	d.apply(ctx, decisions)
 }
 
 // storeReport is a worker's answer to a store query.

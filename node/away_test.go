@@ -1,0 +1,148 @@
+package node
+
+import (
+	"context"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/protocol"
+)
+
+// blockingWorkers returns fake workers by ID whose builds wait until
+// release is closed, and a function that counts the build calls each got.
+// started receives a value when a build call starts.
+func blockingWorkers(res protocol.EvalResult, release <-chan struct{}, started chan<- string, ids ...string) (map[string]*fakeWorker, func(id string) int) {
+	var mu sync.Mutex
+	calls := map[string]int{}
+	workers := map[string]*fakeWorker{}
+	for _, id := range ids {
+		workers[id] = &fakeWorker{
+			evaluate: func(context.Context, protocol.EvalRequest) (protocol.EvalResult, error) { return res, nil },
+			build: func(ctx context.Context, req protocol.BuildRequest, log io.Writer) (protocol.BuildResult, error) {
+				mu.Lock()
+				calls[id]++
+				mu.Unlock()
+				started <- id
+				select {
+				case <-release:
+					return builtResult(req), nil
+				case <-ctx.Done():
+					return protocol.BuildResult{}, ctx.Err()
+				}
+			},
+		}
+	}
+	return workers, func(id string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return calls[id]
+	}
+}
+
+// waitAway waits until the driver counts worker id as away.
+func (h *harness) waitAway(id string) {
+	h.t.Helper()
+	h.waitFor(id+" away", func() bool {
+		away := false
+		h.run(func(context.Context) {
+			l := h.drv.links[id]
+			away = l != nil && l.isAway()
+		})
+		return away
+	})
+}
+
+// TestDroppedWorkerKeepsItsJob cuts a worker's connection while it
+// builds, with another worker idle. The worker reconnects within its
+// lease and completes the job, and the idle worker gets no build.
+func TestDroppedWorkerKeepsItsJob(t *testing.T) {
+	res := graphResult(testDrv{name: "slow"})
+	release := make(chan struct{})
+	started := make(chan string, 8)
+	workers, calls := blockingWorkers(res, release, started, "w1", "w2")
+	h := newHarness(t, driverConfig{WorkerLease: time.Hour})
+
+	var cut protocol.Conn
+	cfg := protocol.ServeConfig{Detached: &protocol.DetachedBuilds{}}
+	h.connect("w1", workers["w1"], cfg, func(c protocol.Conn) protocol.Conn {
+		cut = c
+		return c
+	})
+	id := h.evaluate("drop")
+	h.waitBuild(id, "slow", db.BuildBuilding)
+	if got := <-started; got != "w1" {
+		t.Fatalf("the build started on %s, want w1", got)
+	}
+	h.connect("w2", workers["w2"], protocol.ServeConfig{})
+
+	cut.Close(websocket.StatusGoingAway, "connection cut")
+	h.waitAway("w1")
+	h.connect("w1", workers["w1"], cfg)
+	if got := <-started; got != "w1" {
+		t.Fatalf("after the reconnect the build was offered to %s, want w1", got)
+	}
+	close(release)
+
+	h.waitStatus(id, db.EvalSucceeded)
+	b := h.builds(id)["slow"]
+	if b.Status != db.BuildSucceeded {
+		t.Errorf("slow = %q, want succeeded", b.Status)
+	}
+	if b.WorkerID != "w1" {
+		t.Errorf("slow built by %q, want w1", b.WorkerID)
+	}
+	if n := calls("w2"); n != 0 {
+		t.Errorf("w2 got %d build calls, want none", n)
+	}
+}
+
+// TestLostWorkerJobQueuedAgain checks that the job of a worker that
+// stopped, or that stayed away past its lease, goes to another worker.
+func TestLostWorkerJobQueuedAgain(t *testing.T) {
+	tests := []struct {
+		name  string
+		lease time.Duration
+		code  websocket.StatusCode
+	}{
+		{"worker stopped", time.Hour, websocket.StatusNormalClosure},
+		{"lease expired", 50 * time.Millisecond, websocket.StatusGoingAway},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := graphResult(testDrv{name: "slow"})
+			release := make(chan struct{})
+			started := make(chan string, 8)
+			workers, calls := blockingWorkers(res, release, started, "w1", "w2")
+			h := newHarness(t, driverConfig{WorkerLease: tt.lease})
+
+			var cut protocol.Conn
+			h.connect("w1", workers["w1"], protocol.ServeConfig{}, func(c protocol.Conn) protocol.Conn {
+				cut = c
+				return c
+			})
+			id := h.evaluate("lost")
+			h.waitBuild(id, "slow", db.BuildBuilding)
+			<-started
+			h.connect("w2", workers["w2"], protocol.ServeConfig{})
+
+			cut.Close(tt.code, "connection ended")
+			if got := <-started; got != "w2" {
+				t.Fatalf("the build was offered again to %s, want w2", got)
+			}
+			close(release)
+
+			h.waitStatus(id, db.EvalSucceeded)
+			if b := h.builds(id)["slow"]; b.WorkerID != "w2" {
+				t.Errorf("slow built by %q, want w2", b.WorkerID)
+			}
+			if n := calls("w1"); n != 1 {
+				t.Errorf("w1 got %d build calls, want 1", n)
+			}
+		})
+	}
+}
