@@ -65,6 +65,8 @@ func (o *serveOptions) addFlags(f *pflag.FlagSet) {
 	f.StringSliceVar(&o.trustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For header is believed, repeatable")
 	f.DurationVar(&o.unsupportedTimeout, "unsupported-timeout", node.DefaultUnsupportedTimeout,
 		"how long a build waits for a connected worker with its system and required features before it fails; 0 fails it at once")
+	f.DurationVar(&o.cfg.WorkerLease, "worker-lease", node.DefaultWorkerLease,
+		"how long a worker may stay silent, or stay away after its connection dropped, before its jobs go to other workers (3s to 1h)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringSliceVar(&o.cfg.Mesh.Listen, "mesh-listen", nil, "libp2p multiaddr the mesh listens on, such as /ip4/0.0.0.0/udp/4001/quic-v1; without it the mesh is off (repeat or separate with commas)")
 	f.StringSliceVar(&o.cfg.Mesh.Bootstrap, "mesh-bootstrap", nil, "multiaddr of a member node ending in /p2p/<peer ID> (repeat or separate with commas)")
@@ -98,6 +100,9 @@ func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config
 	}
 	if ttl := cfg.Mesh.BuildTTL; ttl < node.MinMeshBuildTTL || ttl > node.MaxMeshBuildTTL {
 		return node.Config{}, 0, fmt.Errorf("--mesh-build-ttl %v is out of range: give %v to %v", ttl, node.MinMeshBuildTTL, node.MaxMeshBuildTTL)
+	}
+	if lease := cfg.WorkerLease; lease < node.MinWorkerLease || lease > node.MaxWorkerLease {
+		return node.Config{}, 0, fmt.Errorf("--worker-lease %v is out of range: give %v to %v", lease, node.MinWorkerLease, node.MaxWorkerLease)
 	}
 	timeout := o.unsupportedTimeout
 	if timeout < 0 {
@@ -157,6 +162,9 @@ func mergeConfigFile(cfg *node.Config, level *slog.Level, timeout *time.Duration
 	setBool("no-default-upstream", &cfg.NoDefaultUpstream, file.NoDefaultUpstream)
 	if file.TrustedProxies != nil && !given("trusted-proxy") {
 		cfg.TrustedProxies = *file.TrustedProxies
+	}
+	if file.WorkerLease != nil && !given("worker-lease") {
+		cfg.WorkerLease = *file.WorkerLease
 	}
 	if file.UnsupportedTimeout != nil && !given("unsupported-timeout") {
 		*timeout = *file.UnsupportedTimeout

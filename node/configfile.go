@@ -68,6 +68,7 @@ type ConfigFile struct {
 	NoDefaultUpstream  *bool
 	TrustedProxies     *[]netip.Prefix
 	UnsupportedTimeout *time.Duration
+	WorkerLease        *time.Duration
 	LogLevel           *slog.Level
 
 	MeshListen     *[]string
@@ -105,6 +106,7 @@ type rawConfig struct {
 	NoDefaultUpstream  *bool               `toml:"no_default_upstream"`
 	TrustedProxies     *[]string           `toml:"trusted_proxies"`
 	UnsupportedTimeout *string             `toml:"unsupported_timeout"`
+	WorkerLease        *string             `toml:"worker_lease"`
 	LogLevel           *string             `toml:"log_level"`
 	Mesh               rawMesh             `toml:"mesh"`
 	Caches             map[string]rawCache `toml:"caches"`
@@ -256,6 +258,14 @@ func (c *ConfigFile) checkServe(raw rawConfig, fail checkFunc) error {
 			return fail("unsupported_timeout", "%q is not a duration: give one such as \"5m\", or \"0s\" to fail such builds at once", *raw.UnsupportedTimeout)
 		}
 		c.UnsupportedTimeout = &d
+	}
+
+	if raw.WorkerLease != nil {
+		d, err := time.ParseDuration(*raw.WorkerLease)
+		if err != nil || d < MinWorkerLease || d > MaxWorkerLease {
+			return fail("worker_lease", "%q is not a duration from %v to %v: give one such as \"30s\"", *raw.WorkerLease, MinWorkerLease, MaxWorkerLease)
+		}
+		c.WorkerLease = &d
 	}
 
 	if raw.LogLevel != nil {

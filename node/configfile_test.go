@@ -33,6 +33,9 @@ func TestParseConfigFileExample(t *testing.T) {
 	if c.UnsupportedTimeout == nil || *c.UnsupportedTimeout != 5*time.Minute {
 		t.Errorf("UnsupportedTimeout = %v, want 5m", c.UnsupportedTimeout)
 	}
+	if c.WorkerLease == nil || *c.WorkerLease != 30*time.Second {
+		t.Errorf("WorkerLease = %v, want 30s", c.WorkerLease)
+	}
 	if c.LogLevel == nil || *c.LogLevel != slog.LevelInfo {
 		t.Errorf("LogLevel = %v, want info", c.LogLevel)
 	}
@@ -148,6 +151,7 @@ func TestParseConfigFileRejects(t *testing.T) {
 		{"trusted proxy", `trusted_proxies = ["10.0.0.0/8", "10.0.0.1"]`, "trusted_proxies[1]: \"10.0.0.1\" is not a CIDR"},
 		{"duration", `unsupported_timeout = "5"`, "unsupported_timeout: \"5\" is not a duration"},
 		{"negative duration", `unsupported_timeout = "-1m"`, "unsupported_timeout: \"-1m\" is not a duration"},
+		{"short lease", `worker_lease = "1s"`, "worker_lease: \"1s\" is not a duration from 3s to 1h0m0s"},
 		{"log level", `log_level = "loud"`, "log_level: \"loud\" is not a level"},
 		{"mesh listen", "[mesh]\nlisten = [\"0.0.0.0:4001\"]", "mesh.listen[0]: \"0.0.0.0:4001\" is not a multiaddr"},
 		{"mesh build ttl too short", "[mesh]\nbuild_ttl = \"1s\"", "mesh.build_ttl: \"1s\" is invalid"},
