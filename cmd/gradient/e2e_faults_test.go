@@ -426,17 +426,19 @@ func TestNARUploadResumesAfterCut(t *testing.T) {
 }
 
 // slowBuildFlake has one build that logs a line when its builder starts
-// and then takes 4 seconds.
+// and then takes 12 seconds, time enough to connect a second worker.
 const slowBuildFlake = `{ outputs = { self }: {
   packages.x86_64-linux.slow = builtins.derivation {
     name = "slow"; system = "x86_64-linux"; builder = "/bin/sh";
-    args = [ "-c" "echo builder running; sleep 4; echo done > $out" ];
+    args = [ "-c" "echo builder running; sleep 12; echo done > $out" ];
   };
 }; }`
 
 // TestBuildSurvivesDroppedConnection cuts a worker's connection while its
-// builder runs. The worker lets nix finish the build, reconnects, and
-// completes the job's next offer from its store, so the builder runs once.
+// builder runs, with a second worker idle. The node keeps the job for the
+// worker's lease; the worker lets nix finish the build, reconnects, and
+// completes the job's next offer from its store, so the builder runs once
+// and the idle worker builds nothing.
 func TestBuildSurvivesDroppedConnection(t *testing.T) {
 	requireNix(t)
 	if runtime.GOARCH != "amd64" {
@@ -471,6 +473,9 @@ func TestBuildSurvivesDroppedConnection(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	idleToken := strings.TrimSpace(n.mustCLI("worker", "register", "w2"))
+	startWorker(t, n, "w2", idleToken)
+	waitWorkers(t, n, "w1", "w2")
 	proxy.cutNow()
 
 	show = waitEvaluation(t, n, "demo/drop", isFinal)
@@ -478,6 +483,9 @@ func TestBuildSurvivesDroppedConnection(t *testing.T) {
 		t.Fatalf("evaluation = %+v, builds %+v; want one succeeded build", show.Evaluation, show.Builds)
 	}
 	checkServed(t, n, show.Builds[0].Outputs["out"])
+	if got := show.Builds[0].WorkerID; got != "w1" {
+		t.Errorf("the build is recorded on %q, want w1, whose connection was cut", got)
+	}
 
 	log := n.mustCLI("build", "log", itoa(id))
 	if c := strings.Count(log, "builder running"); c != 1 {

@@ -422,7 +422,9 @@ func TestWorkerKilledMidBuild(t *testing.T) {
 	if runtime.GOARCH != "amd64" {
 		t.Skip("the test flake builds for x86_64-linux")
 	}
-	n := startNode(t, filepath.Join(t.TempDir(), "data"), storeDir(t, "unused-store"), "--no-worker")
+	// A killed worker's connection drops, so its job waits a lease for
+	// it to come back before it goes to the other worker.
+	n := startNode(t, filepath.Join(t.TempDir(), "data"), storeDir(t, "unused-store"), "--no-worker", "--worker-lease", "5s")
 	noUpstream(t, n)
 	procs := registerWorkers(t, n, "w1", "w2")
 	n.mustCLI("project", "create", "demo/kill", "--flake", writeFlake(t, slowFlake))
