@@ -172,6 +172,8 @@ type scriptRunner struct {
 //	                                sets the clock back to the epoch
 //	worker ID systems=S,... [features=F,...] [slots=N] [speed=X]
 //	remove-worker ID
+//	away WORKER                     the worker keeps its jobs, gets no new ones
+//	back WORKER
 //	graph EVAL [project=P]          input lines: PATH [<- IN...] [key=value...] [cached]
 //	                                keys: system, features, name, size, outputs,
 //	                                peer-eta (a duration after now)
@@ -207,6 +209,10 @@ func (r *scriptRunner) runCommand(command string, input []string) []string {
 		}
 	case "remove-worker":
 		decisions, err = r.s.RemoveWorker(args[0], r.now)
+	case "away":
+		decisions, err = r.s.SetWorkerAway(args[0], true, r.now)
+	case "back":
+		decisions, err = r.s.SetWorkerAway(args[0], false, r.now)
 	case "graph":
 		var g Graph
 		if g, err = parseGraph(args, input, r.now); err == nil {

@@ -106,7 +106,7 @@ func (s *Scheduler) hold(d *drv, freeBytes uint64) bool {
 	}
 	s.busy = s.busy[:0]
 	for _, w := range s.workers {
-		if w.free() == 0 && w.canRun(d.class) {
+		if w.free() == 0 && !w.away && w.canRun(d.class) {
 			s.busy = append(s.busy, w)
 		}
 	}

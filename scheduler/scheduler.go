@@ -167,6 +167,23 @@ func (s *Scheduler) RemoveWorker(id string, now time.Time) ([]Decision, error) {
 	return s.take(), nil
 }
 
+// SetWorkerAway marks a worker as away, whose connection dropped and
+// whose jobs wait for it to come back, or as back. An away worker keeps
+// its jobs and still counts for the systems it builds, but gets no new
+// jobs and no job waits for one of its slots.
+func (s *Scheduler) SetWorkerAway(id string, away bool, now time.Time) ([]Decision, error) {
+	i, found := slices.BinarySearchFunc(s.workers, id, func(x *worker, id string) int {
+		return cmp.Compare(x.ID, id)
+	})
+	if !found {
+		return nil, fmt.Errorf("set worker %q away: %w", id, ErrUnknownWorker)
+	}
+	s.workers[i].away = away
+
+	s.dispatch(now)
+	return s.take(), nil
+}
+
 // ReportStore replaces the Scheduler's record of a worker's store with
 // paths, the store paths the worker reports it contains. Placement prefers
 // workers that hold a job's inputs. The Scheduler adds the outputs of the

@@ -108,6 +108,9 @@ type worker struct {
 	Worker
 	speed   float64
 	running int
+	// away is set while the worker's connection is down and its jobs
+	// wait for it: it keeps its jobs but gets no new ones.
+	away bool
 	jobs    []*job
 	// store contains the store paths ReportStore listed and the drv paths
 	// whose outputs the worker built or fetched for an assigned job.
@@ -160,6 +163,9 @@ func (w *worker) canRun(c *class) bool {
 }
 
 func (w *worker) free() int {
+	if w.away {
+		return 0
+	}
 	return w.Slots - w.running
 }
 
