@@ -101,6 +101,11 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 				l.set(w)
 				d.workers[w.ID()] = w
 				d.log.Info("worker reconnected within its lease; its jobs go on", "worker_id", w.ID())
+				decisions, err := d.sched.SetWorkerAway(w.ID(), false, d.now())
+				if err != nil {
+					d.log.Error("scheduler could not mark a worker back", "worker_id", w.ID(), "err", err)
+				}
+				d.apply(ctx, decisions)
 				d.queryStores(ctx, []*protocol.RemoteWorker{w})
 				return
 			}
@@ -153,6 +158,11 @@ func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 
 		outage := l.set(nil)
 		d.log.Info("worker connection dropped; its jobs wait for it to reconnect", "worker_id", w.ID(), "lease", d.cfg.WorkerLease)
+		decisions, err := d.sched.SetWorkerAway(w.ID(), true, d.now())
+		if err != nil {
+			d.log.Error("scheduler could not mark a worker away", "worker_id", w.ID(), "err", err)
+		}
+		d.apply(ctx, decisions)
 		time.AfterFunc(d.cfg.WorkerLease, func() {
 			_ = d.post(ctx, func(ctx context.Context) {
 				if d.links[l.id] == l && l.awayFor(outage) {
