@@ -29,6 +29,8 @@ const (
 	DefaultPingInterval        = 30 * time.Second
 	DefaultMaxReferenceDepth   = 64
 	DefaultMaxClosurePaths     = 4096
+	DefaultUpstreamProbe       = 5 * time.Minute
+	DefaultUpstreamCheck       = 10 * time.Second
 )
 
 // ErrInvalidConfig is wrapped by Config.Validate errors.
@@ -111,6 +113,22 @@ type Config struct {
 	// its connected peers, which orders candidates. It defaults to 30s.
 	PingInterval time.Duration
 
+	// Upstreams returns the URLs of the local cache's upstream caches.
+	// When it is set, Run probes each one for a Gradient node with
+	// ProbeUpstream and adds the members it finds as peers with AddPeer:
+	// at start, every UpstreamProbeInterval, and soon after the list or
+	// the federation changes. An upstream whose node is connected is not
+	// probed. Run calls it from one goroutine every UpstreamCheckInterval,
+	// so it must be cheap.
+	Upstreams func() []string
+	// UpstreamProbeInterval is the mean time between two rounds of
+	// probes. Each wait is varied at random by up to a fifth. It defaults
+	// to 5 minutes.
+	UpstreamProbeInterval time.Duration
+	// UpstreamCheckInterval is how often Upstreams is called to notice a
+	// changed list, which is probed at once. It defaults to 10s.
+	UpstreamCheckInterval time.Duration
+
 	// OnBuild is called for every build announcement of a peer, in the
 	// order they arrive, from one goroutine. It must not block for long.
 	OnBuild func(BuildNotice)
@@ -135,6 +153,8 @@ func (cfg *Config) setDefaults() {
 	setDefault(&cfg.BuildTTL, DefaultBuildTTL)
 	setDefault(&cfg.BlockDuration, DefaultBlockDuration)
 	setDefault(&cfg.PingInterval, DefaultPingInterval)
+	setDefault(&cfg.UpstreamProbeInterval, DefaultUpstreamProbe)
+	setDefault(&cfg.UpstreamCheckInterval, DefaultUpstreamCheck)
 
 	if cfg.Federation != nil {
 		setDefault(&cfg.Reannounce, cfg.Federation.RecordLifetime()/2)
@@ -179,6 +199,7 @@ func (cfg Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"LookupTimeout": cfg.LookupTimeout, "DialTimeout": cfg.DialTimeout, "ReadTimeout": cfg.ReadTimeout,
 		"AnnounceTimeout": cfg.AnnounceTimeout, "BlockDuration": cfg.BlockDuration, "PingInterval": cfg.PingInterval,
+		"UpstreamProbeInterval": cfg.UpstreamProbeInterval, "UpstreamCheckInterval": cfg.UpstreamCheckInterval,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%w: %s %s is negative", ErrInvalidConfig, name, d)

@@ -211,6 +211,8 @@ type meshOptions struct {
 	buildTTL time.Duration
 	// noConnect leaves the nodes linked but not connected.
 	noConnect bool
+	// configure, when set, changes the Config of node i before New.
+	configure func(i int, cfg *Config)
 }
 
 // newTestMesh starts count nodes, all linked and connected, each with its
@@ -252,7 +254,7 @@ func newTestMesh(t *testing.T, count int, opts meshOptions) *testMesh {
 			t.Fatal(err)
 		}
 		builds := tn.builds
-		tn.Node, err = New(Config{
+		cfg := Config{
 			PrivateKey:     tn.key,
 			Federation:     fed,
 			Cache:          tn.cache,
@@ -263,7 +265,11 @@ func newTestMesh(t *testing.T, count int, opts meshOptions) *testMesh {
 			PingInterval:   time.Second,
 			OnBuild:        func(b BuildNotice) { builds <- b },
 			Logger:         testLogger(t),
-		})
+		}
+		if opts.configure != nil {
+			opts.configure(i, &cfg)
+		}
+		tn.Node, err = New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

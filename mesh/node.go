@@ -84,6 +84,8 @@ type Node struct {
 	serving chan struct{}
 	// wake wakes the announce loop when new paths are due.
 	wake chan struct{}
+	// federationChanged wakes the upstream loop after SetFederation.
+	federationChanged chan struct{}
 	// cancel stops the context of the DHT and GossipSub.
 	cancel    context.CancelFunc
 	closeOnce sync.Once
@@ -135,6 +137,7 @@ func New(cfg Config) (*Node, error) {
 		blocklist: candidate.Blocklist{Duration: cfg.BlockDuration},
 		ownBuilds: map[string]time.Time{},
 	}
+	n.federationChanged = make(chan struct{}, 1)
 	n.federation.Store(cfg.Federation)
 	n.metrics = newMetrics(n)
 
@@ -213,7 +216,8 @@ func (n *Node) start() error {
 // Run connects to the bootstrap peers and runs the node's loops until ctx
 // is cancelled: announcing paths, refreshing and expiring build
 // announcements, reading peers' build announcements, measuring round-trip
-// times, and mDNS when enabled. It closes the node before it returns ctx's
+// times, probing Config.Upstreams for Gradient nodes, and mDNS when
+// enabled. It closes the node before it returns ctx's
 // error, or the error that stopped a loop.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.Close()
@@ -238,7 +242,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.logger.Info("mesh node started", "addrs", n.host.Addrs(), "members", len(n.Federation().PeerIDs()))
 
 	var wg sync.WaitGroup
-	loops := []func(context.Context){n.bootstrapLoop, n.announceLoop, n.buildLoop, n.pingLoop}
+	loops := []func(context.Context){n.bootstrapLoop, n.announceLoop, n.buildLoop, n.pingLoop, n.upstreamLoop}
 	for _, loop := range loops {
 		wg.Go(func() { loop(ctx) })
 	}
@@ -278,9 +282,14 @@ func (n *Node) Federation() *federation.Federation { return n.federation.Load() 
 
 // SetFederation replaces the federation, such as after the federation
 // file changed. Connections to peers that are no longer members are
-// closed.
+// closed, and the upstreams of Config.Upstreams are probed again.
 func (n *Node) SetFederation(f *federation.Federation) {
 	n.federation.Store(f)
+
+	select {
+	case n.federationChanged <- struct{}{}:
+	default:
+	}
 
 	for _, id := range n.host.Network().Peers() {
 		if !f.Admits(id) {
