@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -64,10 +63,6 @@ const (
 // libp2p private key.
 const MeshKeyFile = "mesh.key"
 
-// meshProbeTimeout bounds the request for /.well-known/gradient of each
-// upstream at start.
-const meshProbeTimeout = 5 * time.Second
-
 // meshLink connects the mesh node with the cache, the driver and the API.
 // Its methods are safe for concurrent use.
 type meshLink struct {
@@ -85,9 +80,10 @@ type meshLink struct {
 
 // startMesh starts the mesh when cfg.Mesh.Listen is set, and returns nil
 // otherwise. It connects the mesh with the cache, the driver, the metrics
-// registry and the API server, announces the cached paths and probes the
-// upstreams for Gradient nodes. The caller stops it with stop before it
-// closes the cache.
+// registry and the API server, and announces the cached paths. The mesh
+// node probes the cache's upstreams for Gradient nodes at start, every
+// few minutes and soon after the upstream list changes. The caller stops
+// it with stop before it closes the cache.
 func (n *Node) startMesh(ctx context.Context, store *cache.Store, drv *driver, metrics *prometheus.Registry, srv *web.Server) (*meshLink, error) {
 	cfg := n.cfg.Mesh
 	if len(cfg.Listen) == 0 {
@@ -120,6 +116,7 @@ func (n *Node) startMesh(ctx context.Context, store *cache.Store, drv *driver, m
 		Bootstrap:      cfg.Bootstrap,
 		MDNS:           cfg.MDNS,
 		BuildTTL:       cfg.BuildTTL,
+		Upstreams:      func() []string { return upstreamURLs(store) },
 		OnBuild:        func(notice mesh.BuildNotice) { drv.peerBuild(ctx, notice) },
 		Logger:         link.log,
 	})
@@ -148,7 +145,6 @@ func (n *Node) startMesh(ctx context.Context, store *cache.Store, drv *driver, m
 		}
 	}()
 	go link.announceStored(runCtx)
-	go link.probeUpstreams(runCtx)
 
 	st := link.node.Status()
 	n.log.Info("mesh started", "peer_id", st.PeerID, "addrs", st.Addrs, "federation_file", fedFile,
@@ -231,38 +227,21 @@ func (l *meshLink) announceStored(ctx context.Context) {
 	l.log.Info("announcing the cached paths", "paths", count)
 }
 
-// probeUpstreams requests /.well-known/gradient from each upstream of the
-// cache and adds the Gradient nodes among them as peers.
-func (l *meshLink) probeUpstreams(ctx context.Context) {
-	client := &http.Client{Timeout: meshProbeTimeout}
+// upstreamURLs returns the URLs of the upstreams of store, which the
+// mesh probes for Gradient nodes. An upstream added through the API or
+// the command line is among them within mesh.DefaultUpstreamCheck.
+//
+// NOTE: the cache does not report changes of its settings, so the mesh
+// polls this list.
+func upstreamURLs(store *cache.Store) []string {
+	upstreams := store.Settings().Upstreams
 
-	for _, up := range l.store.Settings().Upstreams {
-		info, wk, err := mesh.ProbeUpstream(ctx, client, up.URL)
-
-		switch {
-		case errors.Is(err, mesh.ErrNotGradient):
-			l.log.Debug("upstream is not a Gradient node with the mesh", "upstream", up.URL)
-			continue
-		case err != nil:
-			if ctx.Err() == nil {
-				l.log.Info("probing an upstream for a Gradient node failed", "upstream", up.URL, "err", err)
-			}
-			continue
-		}
-
-		err = l.node.AddPeer(ctx, info)
-
-		switch {
-		case errors.Is(err, mesh.ErrNotMember):
-			l.log.Warn("upstream is a Gradient node outside the federation: add it with 'gradient mesh trust'",
-				"upstream", up.URL, "remote_peer_id", info.ID.String(), "cache_public_key", wk.CachePublicKey)
-		case err != nil:
-			l.log.Info("connecting to the Gradient node of an upstream failed; it is dialled again later",
-				"upstream", up.URL, "remote_peer_id", info.ID.String(), "err", err)
-		default:
-			l.log.Info("upstream is a Gradient node; using it as a mesh peer", "upstream", up.URL, "remote_peer_id", info.ID.String())
-		}
+	urls := make([]string, 0, len(upstreams))
+	for _, up := range upstreams {
+		urls = append(urls, up.URL)
 	}
+
+	return urls
 }
 
 // Status implements web.Mesh.
