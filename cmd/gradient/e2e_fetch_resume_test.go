@@ -151,13 +151,11 @@ func (p *narCutProxy) cutNARPath() string {
 }
 
 // fetchResumeFlake has a 4 MB output that zstd cannot compress and a
-// dependent that needs the "benchmark" system feature. A worker started
-// without --features cannot take the dependent, so it runs on a worker
-// started with --features benchmark, which substitutes the 4 MB output
-// from the node's cache. The worker does not pass its --features to nix,
-// so the feature must be one of nix's default system-features, which
-// include benchmark in Nix 2.8 and in current Nix and Lix
-// (getDefaultSystemFeatures in src/libstore/globals.cc).
+// dependent that needs the "gradient-resume" system feature, which is not
+// among nix's defaults. A worker started without --features cannot take
+// the dependent, so it runs on a worker started with --features
+// gradient-resume, which passes the feature on to nix and substitutes the
+// 4 MB output from the node's cache.
 const fetchResumeFlake = `{ outputs = { self }: let
   system = "x86_64-linux";
   big = builtins.derivation {
@@ -166,7 +164,7 @@ const fetchResumeFlake = `{ outputs = { self }: let
   };
   use = builtins.derivation {
     name = "fetch-use"; inherit system; builder = "/bin/sh";
-    requiredSystemFeatures = [ "benchmark" ];
+    requiredSystemFeatures = [ "gradient-resume" ];
     args = [ "-c" "sha256sum < ${big} > $out" ];
   };
 in { packages.${system} = { inherit big use; }; }; }`
@@ -204,7 +202,7 @@ func TestNARFetchResumesAfterCut(t *testing.T) {
 	}
 
 	proxy := startNARCutProxy(t, n.url(), 1<<20)
-	b := startWorker(t, n, "b", tokenB, "--server", proxy.url(), "--features", "benchmark")
+	b := startWorker(t, n, "b", tokenB, "--server", proxy.url(), "--features", "gradient-resume")
 
 	show := waitEvaluation(t, n, "demo/fetch", isFinal)
 	byName := map[string]buildRecord{}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/gradient-ci/gradient/internal/nix"
 	"github.com/gradient-ci/gradient/protocol"
 )
 
@@ -22,7 +23,8 @@ type RemoteConfig struct {
 	// Worker configures nix. Its Substituters and TrustedPublicKeys are
 	// replaced by the node's cache, which the node names in its Welcome.
 	Worker Config
-	// Systems default to NativeSystem; Features default to none.
+	// Systems default to NativeSystem; Features default to none. Nix gets
+	// Features as extra-system-features.
 	Systems  []string
 	Features []string
 	// SpoolDir holds compressed NARs while they upload. Default the
@@ -82,6 +84,11 @@ func RunRemote(ctx context.Context, cfg RemoteConfig, logger *slog.Logger) error
 			return current, nil
 		}
 		wcfg := cfg.Worker
+		if len(cfg.Features) > 0 {
+			// Nix checks requiredSystemFeatures against its own list, so
+			// the features the scheduler places jobs by must reach it.
+			wcfg.ExtraOptions = append([]nix.Option{{Name: "extra-system-features", Value: strings.Join(cfg.Features, " ")}}, cfg.Worker.ExtraOptions...)
+		}
 		wcfg.Substituters = []string{cacheURL}
 		wcfg.TrustedPublicKeys = []string{welcome.CachePublicKey}
 		w, err := New(wcfg, logger)
