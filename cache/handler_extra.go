@@ -17,6 +17,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/internal/narcompress"
 )
 
 const (
@@ -165,7 +166,7 @@ func (h *handler) serveListing(w http.ResponseWriter, r *http.Request, hashPart 
 // tree. It checks the archive with the same checker as uploads, which
 // reports each node with its offset, so the NAR is read once.
 func listNAR(compression string, file io.Reader) (*listingNode, error) {
-	dec, err := newDecompressor(compression, file)
+	dec, err := narcompress.NewReader(compression, file)
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/internal/narcompress"
 )
 
 // uploadError is an upload rejected because of the request, sent to the
@@ -401,7 +402,7 @@ func scanNAR(ctx context.Context, compression string, file io.ReadSeeker, narSiz
 	// The decoder allocates the dictionary size named in each xz block
 	// header, so the headers are checked before any decoding.
 	if compression == "xz" {
-		if err := checkXZDictionaries(file, maxDecoderWindow); err != nil {
+		if err := narcompress.CheckXZ(file, narcompress.MaxWindow); err != nil {
 			return narRecord{}, nil, badRequest("narinfo field Compression: cannot decompress the NAR file as xz: %v", err)
 		}
 
@@ -410,7 +411,7 @@ func scanNAR(ctx context.Context, compression string, file io.ReadSeeker, narSiz
 		}
 	}
 
-	dec, err := newDecompressor(compression, fileTee)
+	dec, err := narcompress.NewReader(compression, fileTee)
 	if err != nil {
 		return narRecord{}, nil, badRequest("narinfo field Compression: cannot decompress the NAR file as %s: %v", compression, err)
 	}
