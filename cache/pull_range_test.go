@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gradient-ci/gradient/internal/narproxy"
 )
 
 // rangeToEndCase is one line of testdata/range-to-end.txt.
@@ -342,120 +341,6 @@ func openNAR(ctx context.Context, t *testing.T, url, rangeHeader string) *http.R
 	return resp
 }
 
-// errCutByProxy ends the body of the response that cutProxy cuts.
-var errCutByProxy = errors.New("connection cut by the test proxy")
-
-// cutProxy is a reverse proxy that aborts the first NAR response after
-// cutAt body bytes, so the client sees a connection closed before
-// Content-Length, and records every GET of a NAR.
-type cutProxy struct {
-	srv   *httptest.Server
-	cutAt int64
-
-	// mu guards the fields below.
-	mu       sync.Mutex
-	cut      bool
-	requests []*proxiedNAR
-}
-
-// proxiedNAR is one GET of a NAR that went through cutProxy.
-type proxiedNAR struct {
-	rangeHeader string
-	status      int
-	// sent counts the body bytes the proxy passed on.
-	sent int64
-}
-
-func startCutProxy(t *testing.T, target string, cutAt int64) *cutProxy {
-	t.Helper()
-
-	targetURL, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	p := &cutProxy{cutAt: cutAt}
-	rp := &httputil.ReverseProxy{
-		Rewrite:        func(r *httputil.ProxyRequest) { r.SetURL(targetURL) },
-		Transport:      &http.Transport{Proxy: nil, DisableCompression: true},
-		FlushInterval:  -1,
-		ModifyResponse: p.modifyResponse,
-		ErrorLog:       log.New(io.Discard, "", 0),
-	}
-
-	p.srv = httptest.NewUnstartedServer(rp)
-	p.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	p.srv.Start()
-	t.Cleanup(p.srv.Close)
-
-	return p
-}
-
-func (p *cutProxy) modifyResponse(resp *http.Response) error {
-	if resp.Request.Method != http.MethodGet || !strings.Contains(resp.Request.URL.Path, "/nar/") {
-		return nil
-	}
-
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
-	record := &proxiedNAR{rangeHeader: resp.Request.Header.Get("Range"), status: resp.StatusCode}
-	p.requests = append(p.requests, record)
-
-	limit := int64(-1)
-	if !p.cut && resp.StatusCode == http.StatusOK {
-		p.cut = true
-		limit = p.cutAt
-	}
-
-	resp.Body = &cutBody{ReadCloser: resp.Body, proxy: p, record: record, remaining: limit}
-
-	return nil
-}
-
-// cutBody counts the bytes read through it and fails with errCutByProxy
-// once remaining reaches 0, unless remaining starts negative.
-type cutBody struct {
-	io.ReadCloser
-	proxy     *cutProxy
-	record    *proxiedNAR
-	remaining int64
-}
-
-func (b *cutBody) Read(p []byte) (int, error) {
-	if b.remaining == 0 {
-		return 0, errCutByProxy
-	}
-
-	if b.remaining > 0 && int64(len(p)) > b.remaining {
-		p = p[:b.remaining]
-	}
-
-	n, err := b.ReadCloser.Read(p)
-	if b.remaining > 0 {
-		b.remaining -= int64(n)
-	}
-
-	b.proxy.mu.Lock()
-	b.record.sent += int64(n)
-	b.proxy.mu.Unlock()
-
-	return n, err
-}
-
-// narRequests returns copies of the recorded GETs of NARs, in order.
-func (p *cutProxy) narRequests() []proxiedNAR {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
-	out := make([]proxiedNAR, 0, len(p.requests))
-	for _, r := range p.requests {
-		out = append(out, *r)
-	}
-
-	return out
-}
-
 // TestNixResumesCutPulledNAR has the real nix client copy a path that the
 // cache pulls from an upstream, through a proxy that cuts the cache's
 // response while the upstream still holds back the end of the file. Nix
@@ -468,7 +353,7 @@ func TestNixResumesCutPulledNAR(t *testing.T) {
 
 	u := newHeldUpstream(t, firstPart)
 	s, srv := newPullStore(t, u.fakeUpstream, func(cfg *Config) { cfg.NARIdleTimeout = 30 * time.Second })
-	proxy := startCutProxy(t, srv.URL, cutAt)
+	proxy := narproxy.Start(t, srv.URL, narproxy.Config{CutAfter: func(int64) int64 { return cutAt }})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -483,7 +368,7 @@ func TestNixResumesCutPulledNAR(t *testing.T) {
 	copied := make(chan result, 1)
 	go func() {
 		_, stderr, err := env.run(ctx, dest, "copy", "--option", "trusted-public-keys", s.PublicKey(),
-			"--from", proxy.srv.URL, u.storePath)
+			"--from", proxy.URL(), u.storePath)
 		copied <- result{stderr, err}
 	}()
 
@@ -500,8 +385,8 @@ func TestNixResumesCutPulledNAR(t *testing.T) {
 		default:
 		}
 
-		for _, r := range proxy.narRequests() {
-			if r.rangeHeader != "" && r.status == http.StatusPartialContent {
+		for _, r := range proxy.Requests() {
+			if r.Range != "" && r.Status == http.StatusPartialContent {
 				return true
 			}
 		}
@@ -510,7 +395,7 @@ func TestNixResumesCutPulledNAR(t *testing.T) {
 	})
 
 	if early != nil {
-		t.Fatalf("nix copy ended before it resumed the download: %v\n%s\nrequests: %+v", early.err, early.stderr, proxy.narRequests())
+		t.Fatalf("nix copy ended before it resumed the download: %v\n%s\nrequests: %+v", early.err, early.stderr, proxy.Requests())
 	}
 
 	u.sendRest()
@@ -520,19 +405,19 @@ func TestNixResumesCutPulledNAR(t *testing.T) {
 		t.Fatalf("nix copy --from the cache: %v\n%s", r.err, r.stderr)
 	}
 
-	requests := proxy.narRequests()
+	requests := proxy.Requests()
 	t.Logf("NAR requests through the proxy: %+v", requests)
 
 	if len(requests) != 2 {
 		t.Fatalf("NAR requests through the proxy = %d, want the cut one and the resumed one", len(requests))
 	}
 
-	from, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(requests[1].rangeHeader, "bytes="), "-"), 10, 64)
-	if err != nil || from <= 0 || from > cutAt {
-		t.Errorf("resumed request has Range %q, want bytes=N- with 0 < N <= %d", requests[1].rangeHeader, cutAt)
+	from, ok := requests[1].RangeStart()
+	if !ok || from <= 0 || from > cutAt {
+		t.Errorf("resumed request has Range %q, want bytes=N- with 0 < N <= %d", requests[1].Range, cutAt)
 	}
 
-	if total, size := requests[0].sent+requests[1].sent, int64(len(u.narBytes)); total*2 >= size*3 {
+	if total, size := requests[0].Sent+requests[1].Sent, int64(len(u.narBytes)); total*2 >= size*3 {
 		t.Errorf("the proxy sent %d bytes for the %d-byte NAR, want less than 1.5 times its size", total, size)
 	}
 

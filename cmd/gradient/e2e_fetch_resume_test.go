@@ -3,152 +3,16 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
-	"io"
-	"log"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/gradient-ci/gradient/internal/narproxy"
 	"github.com/gradient-ci/gradient/web"
 )
-
-// errProxyCut ends the body of the NAR response that narCutProxy cuts.
-var errProxyCut = errors.New("connection cut by the test proxy")
-
-// narCutProxy is an HTTP reverse proxy in front of a node, for a worker's
-// --server. It forwards every request, WebSocket upgrades included. It
-// aborts the first NAR response of at least minCutSize bytes after half of
-// its body, so the client sees a connection closed before Content-Length.
-// It records every GET of a nar/ path.
-type narCutProxy struct {
-	srv        *httptest.Server
-	minCutSize int64
-
-	// mu guards the fields below.
-	mu sync.Mutex
-	// cutPath is the URL path of the cut NAR, empty before the cut.
-	cutPath  string
-	requests []*narRequest
-}
-
-// narRequest is one GET of a nar/ path that went through the proxy.
-type narRequest struct {
-	path string
-	// rangeHeader is the request's Range header, empty when it had none.
-	rangeHeader   string
-	status        int
-	contentLength int64
-	// sent counts the body bytes the proxy passed on to the client.
-	sent int64
-}
-
-func startNARCutProxy(t *testing.T, target string, minCutSize int64) *narCutProxy {
-	t.Helper()
-	targetURL, err := url.Parse(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &narCutProxy{minCutSize: minCutSize}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(targetURL) },
-		// The proxy must not add compression or an environment's proxy.
-		Transport:      &http.Transport{Proxy: nil, DisableCompression: true},
-		FlushInterval:  -1,
-		ModifyResponse: p.modifyResponse,
-		ErrorLog:       log.New(io.Discard, "", 0),
-	}
-	p.srv = httptest.NewUnstartedServer(rp)
-	p.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	p.srv.Start()
-	t.Cleanup(p.srv.Close)
-	return p
-}
-
-func (p *narCutProxy) url() string { return p.srv.URL }
-
-// modifyResponse records a NAR response and wraps its body so that the
-// bytes passed on are counted, and cut when it is the first large one.
-func (p *narCutProxy) modifyResponse(resp *http.Response) error {
-	req := resp.Request
-	if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/nar/") {
-		return nil
-	}
-
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
-	record := &narRequest{
-		path:          req.URL.Path,
-		rangeHeader:   req.Header.Get("Range"),
-		status:        resp.StatusCode,
-		contentLength: resp.ContentLength,
-	}
-	p.requests = append(p.requests, record)
-
-	limit := int64(-1)
-	if p.cutPath == "" && resp.StatusCode == http.StatusOK && resp.ContentLength >= p.minCutSize {
-		p.cutPath = req.URL.Path
-		limit = resp.ContentLength / 2
-	}
-	resp.Body = &proxyBody{ReadCloser: resp.Body, proxy: p, record: record, remaining: limit}
-	return nil
-}
-
-// proxyBody counts the bytes read from a NAR response and fails with
-// errProxyCut once remaining reaches 0, unless remaining starts negative.
-type proxyBody struct {
-	io.ReadCloser
-	proxy     *narCutProxy
-	record    *narRequest
-	remaining int64
-}
-
-func (b *proxyBody) Read(p []byte) (int, error) {
-	if b.remaining == 0 {
-		return 0, errProxyCut
-	}
-	if b.remaining > 0 && int64(len(p)) > b.remaining {
-		p = p[:b.remaining]
-	}
-
-	n, err := b.ReadCloser.Read(p)
-	if b.remaining > 0 {
-		b.remaining -= int64(n)
-	}
-
-	b.proxy.mu.Lock()
-	b.record.sent += int64(n)
-	b.proxy.mu.Unlock()
-	return n, err
-}
-
-// requestsFor returns copies of the recorded GETs of path, in order.
-func (p *narCutProxy) requestsFor(path string) []narRequest {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []narRequest
-	for _, r := range p.requests {
-		if r.path == path {
-			out = append(out, *r)
-		}
-	}
-	return out
-}
-
-func (p *narCutProxy) cutNARPath() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cutPath
-}
 
 // fetchResumeFlake has a 4 MB output that zstd cannot compress and a
 // dependent that needs the "gradient-resume" system feature, which is not
@@ -201,8 +65,9 @@ func TestNARFetchResumesAfterCut(t *testing.T) {
 		t.Fatalf("fetch-big was not built: evaluation %+v, builds %+v", show.Evaluation, show.Builds)
 	}
 
-	proxy := startNARCutProxy(t, n.url(), 1<<20)
-	b := startWorker(t, n, "b", tokenB, "--server", proxy.url(), "--features", "gradient-resume")
+	// The proxy cuts the first NAR of at least 1 MiB halfway.
+	proxy := narproxy.Start(t, n.url(), narproxy.Config{MinSize: 1 << 20, CutAfter: func(size int64) int64 { return size / 2 }})
+	b := startWorker(t, n, "b", tokenB, "--server", proxy.URL(), "--features", "gradient-resume")
 
 	show := waitEvaluation(t, n, "demo/fetch", isFinal)
 	byName := map[string]buildRecord{}
@@ -217,30 +82,30 @@ func TestNARFetchResumesAfterCut(t *testing.T) {
 		t.Errorf("fetch-big ran on %q and fetch-use on %q, want a and b", big.WorkerID, use.WorkerID)
 	}
 
-	cutPath := proxy.cutNARPath()
+	cutPath := proxy.CutPath()
 	if cutPath == "" {
 		t.Fatalf("no NAR of at least 1 MiB went through the proxy; worker b log:\n%s", b.logText())
 	}
-	requests := proxy.requestsFor(cutPath)
+	requests := proxy.RequestsFor(cutPath)
 	t.Logf("requests for %s: %+v", cutPath, requests)
-	size := requests[0].contentLength
-	if requests[0].rangeHeader != "" || requests[0].status != http.StatusOK {
-		t.Errorf("first GET of the NAR: Range %q, status %d; want no Range and 200", requests[0].rangeHeader, requests[0].status)
+	size := requests[0].ContentLength
+	if requests[0].Range != "" || requests[0].Status != http.StatusOK {
+		t.Errorf("first GET of the NAR: Range %q, status %d; want no Range and 200", requests[0].Range, requests[0].Status)
 	}
 	if len(requests) != 2 {
 		t.Fatalf("the NAR was requested %d times, want the cut request and one resumed request", len(requests))
 	}
 
 	resumed := requests[1]
-	from, ok := rangeStart(resumed.rangeHeader)
-	if !ok || from <= 0 || from > requests[0].sent {
+	from, ok := resumed.RangeStart()
+	if !ok || from <= 0 || from > requests[0].Sent {
 		t.Errorf("resumed GET has Range %q; want bytes=N- with 0 < N <= %d, the bytes sent before the cut",
-			resumed.rangeHeader, requests[0].sent)
+			resumed.Range, requests[0].Sent)
 	}
-	if resumed.status != http.StatusPartialContent || resumed.sent != size-from {
-		t.Errorf("resumed GET: status %d with %d bytes; want 206 with the %d bytes from %d", resumed.status, resumed.sent, size-from, from)
+	if resumed.Status != http.StatusPartialContent || resumed.Sent != size-from {
+		t.Errorf("resumed GET: status %d with %d bytes; want 206 with the %d bytes from %d", resumed.Status, resumed.Sent, size-from, from)
 	}
-	if total := requests[0].sent + resumed.sent; total*2 >= size*3 {
+	if total := requests[0].Sent + resumed.Sent; total*2 >= size*3 {
 		t.Errorf("the proxy sent %d bytes for the %d-byte NAR, want less than 1.5 times its size", total, size)
 	}
 
@@ -267,18 +132,4 @@ func TestNARFetchResumesAfterCut(t *testing.T) {
 	if want := hex.EncodeToString(sum[:]); !strings.HasPrefix(string(got), want+" ") {
 		t.Errorf("fetch-use read a file with sha256 %q, want %s, the output built on a", got, want)
 	}
-}
-
-// rangeStart returns N of a Range header "bytes=N-".
-func rangeStart(header string) (int64, bool) {
-	spec, ok := strings.CutPrefix(header, "bytes=")
-	if !ok {
-		return 0, false
-	}
-	start, ok := strings.CutSuffix(spec, "-")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(start, 10, 64)
-	return n, err == nil
 }
