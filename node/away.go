@@ -117,3 +117,35 @@ func sameShape(a, b protocol.Hello) bool {
 	return a.MaxJobs == b.MaxJobs && a.Has(protocol.CapBuild) == b.Has(protocol.CapBuild) &&
 		slices.Equal(a.Systems, b.Systems) && slices.Equal(a.Features, b.Features)
 }
+
+// awayWorkers records until when each away worker keeps its jobs, for
+// the worker list. The Run goroutine writes it and HTTP handlers read
+// it, so it has a lock of its own.
+type awayWorkers struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+func (a *awayWorkers) set(id string, until time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.until == nil {
+		a.until = map[string]time.Time{}
+	}
+	a.until[id] = until
+}
+
+func (a *awayWorkers) clear(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.until, id)
+}
+
+// get reports until when worker id keeps its jobs, and false when it is
+// not away.
+func (a *awayWorkers) get(id string) (time.Time, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	until, ok := a.until[id]
+	return until, ok
+}

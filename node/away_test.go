@@ -11,6 +11,7 @@ import (
 
 	"github.com/gradient-ci/gradient/internal/db"
 	"github.com/gradient-ci/gradient/protocol"
+	"github.com/gradient-ci/gradient/web"
 )
 
 // blockingWorkers returns fake workers by ID whose builds wait until
@@ -82,7 +83,21 @@ func TestDroppedWorkerKeepsItsJob(t *testing.T) {
 
 	cut.Close(websocket.StatusGoingAway, "connection cut")
 	h.waitAway("w1")
+	if _, err := h.db.CreateWorker("w1", db.HashToken("token"), h.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	registry := &workerRegistry{db: h.db, hub: h.hub, now: h.clock.Now, away: h.drv.away.get}
+	list, err := registry.List(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].Name != "w1" || list[0].State != web.WorkerAway || list[0].AwayUntil == nil {
+		t.Errorf("worker list while w1 is away = %+v, want w1 away with a deadline first", list)
+	}
 	h.connect("w1", workers["w1"], cfg)
+	if list, err := registry.List(h.ctx); err != nil || list[0].State != web.WorkerConnected || list[0].AwayUntil != nil {
+		t.Errorf("worker list after w1 reconnected = %+v, %v; want w1 connected", list, err)
+	}
 	if got := <-started; got != "w1" {
 		t.Fatalf("after the reconnect the build was offered to %s, want w1", got)
 	}

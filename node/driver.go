@@ -65,6 +65,8 @@ type driver struct {
 	wg        sync.WaitGroup
 	// evalPool lists the connected workers that evaluate.
 	evalPool *workerPool
+	// away lists the workers whose jobs wait for them to reconnect.
+	away awayWorkers
 	// mesh is set by startMesh before Run, and nil without the mesh.
 	mesh *meshLink
 

@@ -132,7 +132,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 
-	registry := &workerRegistry{db: records, now: time.Now}
+	registry := &workerRegistry{db: records, now: time.Now, away: drv.away.get}
 	hub, err := protocol.NewHub(protocol.HubConfig{
 		Authenticate:   registry.authenticate,
 		CachePath:      "/cache/" + mainCache,

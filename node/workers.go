@@ -99,6 +99,7 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 		if l := d.links[w.ID()]; l != nil {
 			if l.isAway() && sameShape(l.hello, hello) {
 				l.set(w)
+				d.away.clear(w.ID())
 				d.workers[w.ID()] = w
 				d.log.Info("worker reconnected within its lease; its jobs go on", "worker_id", w.ID())
 				decisions, err := d.sched.SetWorkerAway(w.ID(), false, d.now())
@@ -157,6 +158,7 @@ func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 		}
 
 		outage := l.set(nil)
+		d.away.set(w.ID(), d.now().Add(d.cfg.WorkerLease))
 		d.log.Info("worker connection dropped; its jobs wait for it to reconnect", "worker_id", w.ID(), "lease", d.cfg.WorkerLease)
 		decisions, err := d.sched.SetWorkerAway(w.ID(), true, d.now())
 		if err != nil {
@@ -178,6 +180,7 @@ func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 // counting an attempt. Called on the Run goroutine.
 func (d *driver) removeWorker(ctx context.Context, l *workerLink, reason string) {
 	l.remove()
+	d.away.clear(l.id)
 	delete(d.links, l.id)
 	delete(d.workers, l.id)
 	decisions, err := d.sched.RemoveWorker(l.id, d.now())
@@ -387,6 +390,9 @@ type workerRegistry struct {
 	db  *db.DB
 	hub *protocol.Hub
 	now func() time.Time
+	// away reports until when a worker that is not connected keeps its
+	// jobs, and false when it keeps none. Nil reports none.
+	away func(id string) (time.Time, bool)
 }
 
 var _ web.Workers = (*workerRegistry)(nil)
@@ -422,6 +428,14 @@ func (r *workerRegistry) List(ctx context.Context) ([]web.WorkerInfo, error) {
 	}
 	for i := range out {
 		byName[out[i].Name] = &out[i]
+		if r.away == nil {
+			continue
+		}
+		if until, ok := r.away(out[i].Name); ok {
+			until = until.UTC()
+			out[i].State = web.WorkerAway
+			out[i].AwayUntil = &until
+		}
 	}
 	for _, st := range r.hub.Workers() {
 		info, ok := byName[st.ID]
@@ -432,6 +446,7 @@ func (r *workerRegistry) List(ctx context.Context) ([]web.WorkerInfo, error) {
 		}
 		connectedAt, lastSeen := st.ConnectedAt.UTC(), st.LastSeen.UTC()
 		info.State = web.WorkerConnected
+		info.AwayUntil = nil
 		info.ConnectedAt = &connectedAt
 		info.LastSeen = &lastSeen
 		for _, c := range st.Hello.Capabilities {

@@ -27,6 +27,9 @@ type Workers interface {
 const (
 	WorkerConnected    = "connected"
 	WorkerDisconnected = "disconnected"
+	// WorkerAway is a worker whose connection dropped and whose jobs wait
+	// for it to reconnect until AwayUntil.
+	WorkerAway = "away"
 )
 
 // WorkerInfo is a worker as GET /api/v1/workers lists it. The fields from
@@ -34,8 +37,11 @@ const (
 // disconnected.
 type WorkerInfo struct {
 	Name string `json:"name"`
-	// State is "connected" or "disconnected".
+	// State is "connected", "away" or "disconnected".
 	State string `json:"state"`
+	// AwayUntil is when an away worker's jobs go to other workers unless
+	// it reconnects.
+	AwayUntil *time.Time `json:"away_until,omitempty"`
 	// Builds counts the builds it finished, succeeded or failed.
 	Builds       uint64     `json:"builds"`
 	CreatedAt    time.Time  `json:"created_at"`
