@@ -185,7 +185,7 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 				d.derivationFailed(ctx, a.JobID, drv, be.Message)
 			})
 		case errors.Is(err, protocol.ErrWorkerGone):
-			log.Warn("worker disconnected during the build; the job is queued again", "drv_path", drv, "err", err)
+			log.Warn("worker removed during the build; the job is queued again", "drv_path", drv, "err", err)
 			_ = d.post(nodeCtx, func(context.Context) { delete(d.jobs, a.JobID) })
 			return
 		default:
