@@ -119,13 +119,27 @@ func TestDroppedWorkerKeepsItsJob(t *testing.T) {
 // TestLostWorkerJobQueuedAgain checks that the job of a worker that
 // stopped, or that stayed away past its lease, goes to another worker.
 func TestLostWorkerJobQueuedAgain(t *testing.T) {
+	// revoke revokes w1's token once the driver counts it as away.
+	revoke := func(h *harness) {
+		if _, err := h.db.CreateWorker("w1", db.HashToken("token"), h.clock.Now()); err != nil {
+			h.t.Fatal(err)
+		}
+		h.waitAway("w1")
+		registry := &workerRegistry{db: h.db, hub: h.hub, now: h.clock.Now, revoked: func(id string) { h.drv.workerRevoked(h.ctx, id) }}
+		if err := registry.Revoke(h.ctx, "w1"); err != nil {
+			h.t.Fatal(err)
+		}
+	}
 	tests := []struct {
 		name  string
 		lease time.Duration
 		code  websocket.StatusCode
+		// after runs after the connection ended, when set.
+		after func(h *harness)
 	}{
-		{"worker stopped", time.Hour, websocket.StatusNormalClosure},
-		{"lease expired", 50 * time.Millisecond, websocket.StatusGoingAway},
+		{"worker stopped", time.Hour, websocket.StatusNormalClosure, nil},
+		{"lease expired", 50 * time.Millisecond, websocket.StatusGoingAway, nil},
+		{"token revoked while away", time.Hour, websocket.StatusGoingAway, revoke},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,6 +160,9 @@ func TestLostWorkerJobQueuedAgain(t *testing.T) {
 			h.connect("w2", workers["w2"], protocol.ServeConfig{})
 
 			cut.Close(tt.code, "connection ended")
+			if tt.after != nil {
+				tt.after(h)
+			}
 			if got := <-started; got != "w2" {
 				t.Fatalf("the build was offered again to %s, want w2", got)
 			}

@@ -132,7 +132,8 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 
-	registry := &workerRegistry{db: records, now: time.Now, away: drv.away.get}
+	registry := &workerRegistry{db: records, now: time.Now, away: drv.away.get,
+		revoked: func(id string) { drv.workerRevoked(ctx, id) }}
 	hub, err := protocol.NewHub(protocol.HubConfig{
 		Authenticate:   registry.authenticate,
 		CachePath:      "/cache/" + mainCache,

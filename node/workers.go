@@ -175,6 +175,17 @@ func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 	})
 }
 
+// workerRevoked removes a worker that is away after its token was
+// revoked: it cannot reconnect, so its jobs need not wait for it. A
+// connected worker is removed when the hub closes its connection.
+func (d *driver) workerRevoked(ctx context.Context, id string) {
+	_ = d.post(ctx, func(ctx context.Context) {
+		if l := d.links[id]; l != nil && l.isAway() {
+			d.removeWorker(ctx, l, "its token was revoked")
+		}
+	})
+}
+
 // removeWorker ends the link of a worker and removes the worker from the
 // scheduler, which queues the derivations of its jobs again without
 // counting an attempt. Called on the Run goroutine.
@@ -393,6 +404,9 @@ type workerRegistry struct {
 	// away reports until when a worker that is not connected keeps its
 	// jobs, and false when it keeps none. Nil reports none.
 	away func(id string) (time.Time, bool)
+	// revoked, when set, is called after a worker's token was revoked,
+	// so that the jobs of a worker that is away go to others at once.
+	revoked func(id string)
 }
 
 var _ web.Workers = (*workerRegistry)(nil)
@@ -471,6 +485,9 @@ func (r *workerRegistry) Revoke(ctx context.Context, name string) error {
 		return err
 	}
 	r.hub.Disconnect(name, "the worker's token was revoked")
+	if r.revoked != nil {
+		r.revoked(name)
+	}
 	return nil
 }
 
