@@ -57,3 +57,41 @@ func TestRemoteWorkerDropped(t *testing.T) {
 		})
 	}
 }
+
+// TestStoppedWorkerNotDropped stops a worker that is connected over a
+// real WebSocket by ending Serve's context: the node sees a normal
+// closure, not a dropped connection, so it need not wait a lease.
+func TestStoppedWorkerNotDropped(t *testing.T) {
+	th := newTestHub(t, map[string]string{"token-1": "w1"})
+	url := startHTTPHub(t, th)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	conn, err := DialWebSocket(url, "token-1")(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	welcomed := make(chan struct{})
+	go func() {
+		served <- Serve(ctx, conn, ServeConfig{
+			Setup: func(context.Context, *Welcome) (Worker, error) {
+				close(welcomed)
+				return &fakeWorker{}, nil
+			},
+			Systems:  []string{"x86_64-linux"},
+			SpoolDir: t.TempDir(),
+		})
+	}()
+	w := th.waitJoined(t)
+	<-welcomed
+
+	cancel()
+	if left := th.waitLeft(t); left != w {
+		t.Fatal("Left reported another worker")
+	}
+	if w.Dropped() {
+		t.Errorf("Dropped() = true after the worker stopped, want false; hub log:\n%s", th.logs.String())
+	}
+	<-served
+}

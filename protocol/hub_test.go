@@ -425,3 +425,10 @@ func (c oldVersionConn) Write(ctx context.Context, m Message) error {
 	}
 	return c.Conn.Write(ctx, m)
 }
+
+// String returns the log so far.
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}

@@ -177,23 +177,33 @@ type workerSession struct {
 }
 
 // Serve runs one session of a worker over conn: the handshake, then the
-// jobs the node offers, until the connection or ctx ends. It cancels the
-// session's running jobs when it returns, except builds that
-// cfg.Detached lets finish, and returns why the session ended: a
-// *RejectError when the node refused the worker.
+// jobs the node offers, until the connection or ctx ends. When ctx ends
+// it closes conn with a normal closure, so the node sees a worker that
+// stopped rather than a dropped connection. It cancels the session's
+// running jobs when it returns, except builds that cfg.Detached lets
+// finish, and returns why the session ended: a *RejectError when the
+// node refused the worker.
 func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
 	cfg = cfg.withDefaults()
 	if cfg.Setup == nil {
 		return errors.New("serve: ServeConfig.Setup is required")
 	}
 	detachedCtx := ctx
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 
 	welcome, err := workerHandshake(ctx, conn, cfg)
 	if err != nil {
 		return err
 	}
+
+	// Reads and writes whose context ends close a WebSocket without a
+	// close frame, which the node takes for a dropped connection. So the
+	// session's context ends only after the session, and the end of ctx
+	// closes the connection properly instead.
+	stop := context.AfterFunc(ctx, func() { conn.Close(websocket.StatusNormalClosure, "worker stopping") })
+	defer stop()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+
 	w, err := cfg.Setup(ctx, welcome)
 	if err != nil {
 		conn.Close(websocket.StatusInternalError, "worker setup failed")
