@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -36,6 +37,9 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 			}
 			if cf.token == "" {
 				return errors.New("no worker token: pass --token with the token that 'gradient worker register NAME' printed")
+			}
+			if err := checkServerURL(cf.server); err != nil {
+				return err
 			}
 			if cfg.Worker.MaxJobs < 1 || cfg.Worker.MaxJobs > 1024 {
 				return fmt.Errorf("--max-jobs %d is out of range: give 1 to 1024", cfg.Worker.MaxJobs)
@@ -130,6 +134,17 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 		},
 	)
 	return c
+}
+
+// checkServerURL returns an error unless server is an http or https URL
+// with a host and no query or fragment, because the worker appends its
+// connect path to it.
+func checkServerURL(server string) error {
+	u, err := url.Parse(server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("--server %q is invalid: give the node's http or https URL, such as http://127.0.0.1:3000", server)
+	}
+	return nil
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.
