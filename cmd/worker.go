@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/gradient-ci/gradient/internal/worker"
 	"github.com/gradient-ci/gradient/protocol"
+	"github.com/gradient-ci/gradient/web"
 )
 
 func newWorkerCommand(cf *clientFlags) *cobra.Command {
@@ -69,7 +71,7 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List the workers, their state and how many builds each ran",
+		Short: "List the workers: state, builds finished, running jobs out of slots, systems and features",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := cf.client()
@@ -84,13 +86,14 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), ws)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tBUILDS\tRUNNING\tSYSTEMS\tLAST SEEN")
+			fmt.Fprintln(tw, "NAME\tSTATE\tBUILDS\tJOBS\tSYSTEMS\tFEATURES\tLAST SEEN")
 			for _, w := range ws {
 				lastSeen := "never"
 				if w.LastSeen != nil {
 					lastSeen = w.LastSeen.Format(time.RFC3339)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", w.Name, w.State, w.Builds, w.RunningJobs, strings.Join(w.Systems, ","), lastSeen)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", w.Name, workerState(w), w.Builds, workerJobs(w),
+					listOrDash(w.Systems), listOrDash(w.Features), lastSeen)
 			}
 			return tw.Flush()
 		},
@@ -145,6 +148,33 @@ func checkServerURL(server string) error {
 		return fmt.Errorf("--server %q is invalid: give the node's http or https URL, such as http://127.0.0.1:3000", server)
 	}
 	return nil
+}
+
+// workerState returns the STATE column of `gradient worker list`: the
+// state, and for an away worker when its jobs go to other workers.
+func workerState(w web.WorkerInfo) string {
+	if w.State == web.WorkerAway && w.AwayUntil != nil {
+		return w.State + " until " + w.AwayUntil.UTC().Format(time.TimeOnly) + "Z"
+	}
+	return w.State
+}
+
+// workerJobs returns the JOBS column of `gradient worker list`: running
+// jobs out of the slots the worker announced, or only the running jobs
+// while it is not connected.
+func workerJobs(w web.WorkerInfo) string {
+	if w.MaxJobs == 0 {
+		return strconv.Itoa(w.RunningJobs)
+	}
+	return fmt.Sprintf("%d/%d", w.RunningJobs, w.MaxJobs)
+}
+
+// listOrDash joins items with commas, or returns "-" when there are none.
+func listOrDash(items []string) string {
+	if len(items) == 0 {
+		return "-"
+	}
+	return strings.Join(items, ",")
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.

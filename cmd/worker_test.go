@@ -3,6 +3,9 @@ package cmd
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/gradient-ci/gradient/web"
 )
 
 func TestCheckServerURL(t *testing.T) {
@@ -29,6 +32,28 @@ func TestCheckServerURL(t *testing.T) {
 		}
 		if err != nil && !strings.Contains(err.Error(), "--server") {
 			t.Errorf("checkServerURL(%q) = %q, want the flag named", c.server, err)
+		}
+	}
+}
+
+func TestWorkerListColumns(t *testing.T) {
+	until := time.Date(2026, 12, 4, 23, 17, 48, 500, time.UTC)
+	cases := []struct {
+		name      string
+		w         web.WorkerInfo
+		wantState string
+		wantJobs  string
+	}{
+		{"connected", web.WorkerInfo{State: web.WorkerConnected, MaxJobs: 4, RunningJobs: 1}, "connected", "1/4"},
+		{"away", web.WorkerInfo{State: web.WorkerAway, AwayUntil: &until}, "away until 23:17:48Z", "0"},
+		{"disconnected", web.WorkerInfo{State: web.WorkerDisconnected}, "disconnected", "0"},
+	}
+	for _, c := range cases {
+		if got := workerState(c.w); got != c.wantState {
+			t.Errorf("workerState(%s) = %q, want %q", c.name, got, c.wantState)
+		}
+		if got := workerJobs(c.w); got != c.wantJobs {
+			t.Errorf("workerJobs(%s) = %q, want %q", c.name, got, c.wantJobs)
 		}
 	}
 }
