@@ -57,6 +57,9 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 			if errors.As(err, &reject) {
 				return exitError{code: 1}
 			}
+			if err == nil {
+				logger.Info("worker stopped")
+			}
 			return err
 		},
 	}
