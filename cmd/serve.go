@@ -5,8 +5,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/multiformats/go-multiaddr"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -101,6 +104,9 @@ func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config
 	if ttl := cfg.Mesh.BuildTTL; ttl < node.MinMeshBuildTTL || ttl > node.MaxMeshBuildTTL {
 		return node.Config{}, 0, fmt.Errorf("--mesh-build-ttl %v is out of range: give %v to %v", ttl, node.MinMeshBuildTTL, node.MaxMeshBuildTTL)
 	}
+	if err := checkMeshAddrFlags(cfg.Mesh); err != nil {
+		return node.Config{}, 0, err
+	}
 	if lease := cfg.WorkerLease; lease < node.MinWorkerLease || lease > node.MaxWorkerLease {
 		return node.Config{}, 0, fmt.Errorf("--worker-lease %v is out of range: give %v to %v", lease, node.MinWorkerLease, node.MaxWorkerLease)
 	}
@@ -121,6 +127,10 @@ func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config
 			}
 			return flags.Changed(flag)
 		})
+	}
+
+	if err := checkMeshOff(cfg.Mesh, flags); err != nil {
+		return node.Config{}, 0, err
 	}
 
 	if timeout == 0 {
@@ -182,4 +192,55 @@ func mergeConfigFile(cfg *node.Config, level *slog.Level, timeout *time.Duration
 	}
 
 	cfg.MainCache = file.MainCache
+}
+
+// checkMeshAddrFlags checks that every --mesh-listen value is a multiaddr
+// and every --mesh-bootstrap value a multiaddr ending in /p2p/<peer ID>,
+// so that the error names the flag. The configuration file's values are
+// checked by node.ReadConfigFile.
+func checkMeshAddrFlags(mc node.MeshConfig) error {
+	for _, s := range mc.Listen {
+		addr, err := multiaddr.NewMultiaddr(s)
+		if err != nil {
+			return fmt.Errorf("--mesh-listen %q is not a multiaddr: give one such as /ip4/0.0.0.0/udp/4001/quic-v1 or /ip4/0.0.0.0/tcp/4001", s)
+		}
+		if _, err := addr.ValueForProtocol(multiaddr.P_QUIC); err == nil {
+			return fmt.Errorf("--mesh-listen %q uses draft QUIC (/quic), which the mesh does not support: write /quic-v1", s)
+		}
+	}
+	for _, s := range mc.Bootstrap {
+		if _, err := peer.AddrInfoFromString(s); err != nil {
+			return fmt.Errorf("--mesh-bootstrap %q is not a multiaddr ending in /p2p/<peer ID>: give an address that 'gradient mesh status' prints on the member node", s)
+		}
+	}
+	return nil
+}
+
+// checkMeshOff rejects mesh settings that would have no effect because
+// no --mesh-listen (or mesh.listen) address turns the mesh on.
+func checkMeshOff(mc node.MeshConfig, flags *pflag.FlagSet) error {
+	if len(mc.Listen) > 0 {
+		return nil
+	}
+	var set []string
+	if len(mc.Bootstrap) > 0 {
+		set = append(set, "--mesh-bootstrap (mesh.bootstrap)")
+	}
+	if mc.MDNS {
+		set = append(set, "--mesh-mdns (mesh.mdns)")
+	}
+	if mc.FederationFile != "" {
+		set = append(set, "--mesh-federation (mesh.federation)")
+	}
+	if flags.Changed("mesh-build-ttl") {
+		set = append(set, "--mesh-build-ttl")
+	}
+	if len(set) == 0 {
+		return nil
+	}
+	verb := "is"
+	if len(set) > 1 {
+		verb = "are"
+	}
+	return fmt.Errorf("%s %s set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out", strings.Join(set, " and "), verb)
 }

@@ -178,3 +178,65 @@ func TestServeConfigRejectsBadFile(t *testing.T) {
 		t.Errorf("serveConfig(bad file) = %q, want %q", err, want)
 	}
 }
+
+func TestServeConfigRejectsBadMeshFlags(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	t.Setenv("GRADIENT_CONFIG", "")
+	const peerID = "12D3KooWAL2aA26kFN7nr43wT5cjXmjoxbUrhZU3VKZrFRGFvYWs"
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"listen not a multiaddr", []string{"--mesh-listen", "0.0.0.0:4001"},
+			`--mesh-listen "0.0.0.0:4001" is not a multiaddr: give one such as /ip4/0.0.0.0/udp/4001/quic-v1 or /ip4/0.0.0.0/tcp/4001`},
+		{"listen draft quic", []string{"--mesh-listen", "/ip4/127.0.0.1/udp/4001/quic"},
+			`--mesh-listen "/ip4/127.0.0.1/udp/4001/quic" uses draft QUIC (/quic), which the mesh does not support: write /quic-v1`},
+		{"bootstrap without peer", []string{"--mesh-listen", "/ip4/127.0.0.1/tcp/4001", "--mesh-bootstrap", "/ip4/127.0.0.1/tcp/4002"},
+			`--mesh-bootstrap "/ip4/127.0.0.1/tcp/4002" is not a multiaddr ending in /p2p/<peer ID>: give an address that 'gradient mesh status' prints on the member node`},
+		{"bootstrap with mesh off", []string{"--mesh-bootstrap", "/ip4/127.0.0.1/tcp/4002/p2p/" + peerID},
+			"--mesh-bootstrap (mesh.bootstrap) is set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"},
+		{"mdns and federation with mesh off", []string{"--mesh-mdns", "--mesh-federation", "/srv/federation.json"},
+			"--mesh-mdns (mesh.mdns) and --mesh-federation (mesh.federation) are set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"},
+		{"build ttl with mesh off", []string{"--mesh-build-ttl", "1m"},
+			"--mesh-build-ttl is set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := serveConfig(t, tt.args...)
+			if err == nil {
+				t.Fatalf("serveConfig(%q) = nil error, want %q", tt.args, tt.want)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("serveConfig(%q) = %q, want %q", tt.args, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestServeConfigMeshKeyWithoutListen(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	path := writeConfig(t, "[mesh]\nmdns = true\n")
+	_, _, err := serveConfig(t, "--config", path)
+	want := "--mesh-mdns (mesh.mdns) is set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"
+	if err == nil || err.Error() != want {
+		t.Errorf("serveConfig(mdns without listen) = %v, want %q", err, want)
+	}
+}
+
+func TestServeConfigAcceptsMeshFlags(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	t.Setenv("GRADIENT_CONFIG", "")
+	bootstrap := "/ip4/127.0.0.1/udp/4002/quic-v1/p2p/12D3KooWAL2aA26kFN7nr43wT5cjXmjoxbUrhZU3VKZrFRGFvYWs"
+	cfg, _, err := serveConfig(t, "--mesh-listen", "/ip4/127.0.0.1/udp/4001/quic-v1,/ip4/127.0.0.1/tcp/4001",
+		"--mesh-bootstrap", bootstrap, "--mesh-mdns", "--mesh-build-ttl", "1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Mesh.Listen) != 2 {
+		t.Errorf("Mesh.Listen = %q, want two addresses", cfg.Mesh.Listen)
+	}
+	if len(cfg.Mesh.Bootstrap) != 1 || cfg.Mesh.Bootstrap[0] != bootstrap {
+		t.Errorf("Mesh.Bootstrap = %q, want [%q]", cfg.Mesh.Bootstrap, bootstrap)
+	}
+}
