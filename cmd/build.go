@@ -56,6 +56,12 @@ func newBuildShowCommand(cf *clientFlags) *cobra.Command {
 			fmt.Fprintf(w, "build %d (evaluation %d): %s\n", b.ID, b.EvalID, b.Status)
 			fmt.Fprintf(w, "derivation: %s\n", b.DrvPath)
 			fmt.Fprintf(w, "system: %s\n", b.System)
+			if len(b.Features) > 0 {
+				fmt.Fprintf(w, "required features: %s\n", strings.Join(b.Features, ","))
+			}
+			if b.WorkerID != "" {
+				fmt.Fprintf(w, "worker: %s\n", b.WorkerID)
+			}
 			fmt.Fprintf(w, "outputs: %s\n", outputList(b.Outputs))
 			if b.Error != "" {
 				fmt.Fprintf(w, "error: %s\n", b.Error)
@@ -91,7 +97,7 @@ func newBuildWhyCommand(cf *clientFlags) *cobra.Command {
 			}
 			p := b.Placement
 			if p == nil {
-				return fmt.Errorf("build %d (%s) was never placed on a worker: it is %s", b.ID, b.Name, b.Status)
+				return errNeverPlaced(b)
 			}
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), p)
@@ -100,6 +106,22 @@ func newBuildWhyCommand(cf *clientFlags) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// errNeverPlaced returns the error for a build that never had a job. A
+// queued build waits for its inputs or for a connected worker with a free
+// slot, its system and its required features, so the message names those.
+func errNeverPlaced(b db.Build) error {
+	if b.Status != db.BuildQueued {
+		return fmt.Errorf("build %d (%s) was never placed on a worker: it is %s", b.ID, b.Name, b.Status)
+	}
+	needs := "system " + b.System
+	if len(b.Features) > 0 {
+		needs += " and features " + strings.Join(b.Features, ",")
+	}
+	return fmt.Errorf("build %d (%s) is queued and was never placed on a worker: it waits for its inputs, "+
+		"or for a connected worker with a free slot, %s; 'gradient worker list' shows each worker's systems and features",
+		b.ID, b.Name, needs)
 }
 
 // printPlacement prints a build's placement, which must be set.
