@@ -289,7 +289,12 @@ func printEvaluation(w io.Writer, e db.Evaluation, bs []db.Build) {
 		b := byID[ep.BuildID]
 		switch b.Status {
 		case db.BuildFailed:
-			fmt.Fprintf(w, "\n%s: build %d failed: %s\n  see: gradient build log %d\n", ep.Attr, b.ID, b.Error, b.ID)
+			fmt.Fprintf(w, "\n%s: build %d failed: %s\n", ep.Attr, b.ID, b.Error)
+			// A build that failed before any worker started it, such as
+			// one no worker could run, has no log to point at.
+			if b.StartedAt != nil {
+				fmt.Fprintf(w, "  see: gradient build log %d\n", b.ID)
+			}
 		case db.BuildDependencyFailed:
 			fmt.Fprintf(w, "\n%s: build %d not run because dependency %s failed\n", ep.Attr, b.ID, b.FailedDependency)
 		}
