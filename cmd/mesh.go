@@ -41,6 +41,7 @@ func newMeshCommand(cf *clientFlags) *cobra.Command {
 			fmt.Fprintf(tw, "connected peers:\t%d\n", st.Peers)
 			fmt.Fprintf(tw, "announced paths:\t%d (%d overdue)\n", st.Stats.Paths, st.Stats.Overdue)
 			fmt.Fprintf(tw, "peer builds:\t%d\n", st.Stats.PeerBuilds)
+			fmt.Fprintf(tw, "blocked peers:\t%d (served bad data)\n", st.Stats.BlockedPeers)
 			return tw.Flush()
 		},
 	})
@@ -83,7 +84,17 @@ func newMeshTrustCommand(cf *clientFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "trust PEER-ID --key PUBLIC-KEY [--org NAME]",
 		Short: "Add a node and its cache key to a member organisation of the federation and save the federation file",
-		Args:  cobra.ExactArgs(1),
+		Long: `Add a node and its cache key to a member organisation of the federation and save the federation file.
+
+PEER-ID and PUBLIC-KEY are the "peer ID" and "cache public key" lines that
+'gradient mesh status' prints on the other node. Membership is checked on
+both sides of a connection, so run 'gradient mesh trust' on each node for
+the other. Trusting a node does not dial it: a node connects to the
+members it knows an address of, from --mesh-bootstrap, mDNS or a Gradient
+upstream, and retries its bootstrap addresses every 30 seconds while it
+has no peer. To remove a node or a key, edit the federation file and
+restart the node. See docs/mesh.md.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if req.Key == "" {
 				return fmt.Errorf("--key is missing: give the cache public key of the peer, name:base64, as its 'gradient mesh status' prints")
@@ -100,7 +111,11 @@ func newMeshTrustCommand(cf *clientFlags) *cobra.Command {
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), resp)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "trusted %s as a node of %s; saved %s (%d members)\n", req.PeerID, resp.Org, resp.File, len(resp.Members))
+			members := "members"
+			if len(resp.Members) == 1 {
+				members = "member"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "trusted %s as a node of %s; saved %s (%d %s)\n", req.PeerID, resp.Org, resp.File, len(resp.Members), members)
 			return nil
 		},
 	}
