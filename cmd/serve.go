@@ -115,12 +115,14 @@ func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config
 		return node.Config{}, 0, fmt.Errorf("--unsupported-timeout %v is negative: give a duration such as 5m, or 0 to fail such builds at once", timeout)
 	}
 
+	buildTTLSet := flags.Changed("mesh-build-ttl")
 	if o.configFile != "" {
 		file, err := node.ReadConfigFile(o.configFile)
 		if err != nil {
 			return node.Config{}, 0, err
 		}
 		dataDirGiven := flags.Changed("data-dir") || os.Getenv("GRADIENT_DATA_DIR") != ""
+		buildTTLSet = buildTTLSet || file.MeshBuildTTL != nil
 		mergeConfigFile(&cfg, &level, &timeout, file, func(flag string) bool {
 			if flag == "data-dir" {
 				return dataDirGiven
@@ -129,7 +131,7 @@ func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config
 		})
 	}
 
-	if err := checkMeshOff(cfg.Mesh, flags); err != nil {
+	if err := checkMeshOff(cfg.Mesh, buildTTLSet); err != nil {
 		return node.Config{}, 0, err
 	}
 
@@ -218,7 +220,8 @@ func checkMeshAddrFlags(mc node.MeshConfig) error {
 
 // checkMeshOff rejects mesh settings that would have no effect because
 // no --mesh-listen (or mesh.listen) address turns the mesh on.
-func checkMeshOff(mc node.MeshConfig, flags *pflag.FlagSet) error {
+// buildTTLSet reports whether --mesh-build-ttl or mesh.build_ttl was given.
+func checkMeshOff(mc node.MeshConfig, buildTTLSet bool) error {
 	if len(mc.Listen) > 0 {
 		return nil
 	}
@@ -232,8 +235,8 @@ func checkMeshOff(mc node.MeshConfig, flags *pflag.FlagSet) error {
 	if mc.FederationFile != "" {
 		set = append(set, "--mesh-federation (mesh.federation)")
 	}
-	if flags.Changed("mesh-build-ttl") {
-		set = append(set, "--mesh-build-ttl")
+	if buildTTLSet {
+		set = append(set, "--mesh-build-ttl (mesh.build_ttl)")
 	}
 	if len(set) == 0 {
 		return nil

@@ -199,7 +199,7 @@ func TestServeConfigRejectsBadMeshFlags(t *testing.T) {
 		{"mdns and federation with mesh off", []string{"--mesh-mdns", "--mesh-federation", "/srv/federation.json"},
 			"--mesh-mdns (mesh.mdns) and --mesh-federation (mesh.federation) are set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"},
 		{"build ttl with mesh off", []string{"--mesh-build-ttl", "1m"},
-			"--mesh-build-ttl is set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"},
+			"--mesh-build-ttl (mesh.build_ttl) is set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -216,9 +216,9 @@ func TestServeConfigRejectsBadMeshFlags(t *testing.T) {
 
 func TestServeConfigMeshKeyWithoutListen(t *testing.T) {
 	t.Setenv("GRADIENT_DATA_DIR", "")
-	path := writeConfig(t, "[mesh]\nmdns = true\n")
+	path := writeConfig(t, "[mesh]\nmdns = true\nbuild_ttl = \"1m\"\n")
 	_, _, err := serveConfig(t, "--config", path)
-	want := "--mesh-mdns (mesh.mdns) is set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"
+	want := "--mesh-mdns (mesh.mdns) and --mesh-build-ttl (mesh.build_ttl) are set but the mesh is off: give --mesh-listen (mesh.listen) to turn it on, or leave the setting out"
 	if err == nil || err.Error() != want {
 		t.Errorf("serveConfig(mdns without listen) = %v, want %q", err, want)
 	}
