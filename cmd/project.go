@@ -98,8 +98,18 @@ func newProjectEvaluateCommand(cf *clientFlags) *cobra.Command {
 }
 
 // waitForEvaluation polls the evaluation, printing a progress line to
-// stderr whenever the counts change, then prints the result.
+// stderr whenever the counts change, then prints the result. When the
+// command is interrupted it returns an error saying that the evaluation
+// goes on, because the node keeps running it.
 func waitForEvaluation(cmd *cobra.Command, cf *clientFlags, cl *client.Client, id uint64) error {
+	err := pollEvaluation(cmd, cf, cl, id)
+	if err != nil && cmd.Context().Err() != nil {
+		return fmt.Errorf("stopped waiting for evaluation %d, which goes on running on the node", id)
+	}
+	return err
+}
+
+func pollEvaluation(cmd *cobra.Command, cf *clientFlags, cl *client.Client, id uint64) error {
 	ctx := cmd.Context()
 	ticker := time.NewTicker(500 * time.Millisecond)
 	defer ticker.Stop()
