@@ -30,7 +30,9 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 		Short: "Run a worker that connects to a node (--server, --token), or manage worker tokens",
 		Long: "With no subcommand, connect to the node at --server with the worker token given by --token,\n" +
 			"and evaluate and build what the node sends until interrupted. The token comes from\n" +
-			"'gradient worker register NAME', run against the node with its admin token.",
+			"'gradient worker register NAME', run against the node with its admin token.\n\n" +
+			"Prefer GRADIENT_TOKEN to --token on a shared machine: on Linux other users can read a\n" +
+			"process's command line in /proc, but not its environment.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -67,7 +69,7 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 	f.StringVar(&cfg.Worker.StoreDir, "store", "", "chroot store directory, passed to nix as --store (default: the machine's store)")
 	f.IntVar(&cfg.Worker.MaxJobs, "max-jobs", 1, "jobs the worker runs at once, 1 to 1024")
 	f.StringVar(&systems, "systems", "", "comma-separated systems the worker builds for (default: this machine's, such as x86_64-linux)")
-	f.StringVar(&features, "features", "", "comma-separated system features the worker supports, such as kvm,big-parallel; nix gets them as extra-system-features")
+	f.StringVar(&features, "features", "", "comma-separated system features, such as kvm,big-parallel, passed to nix as extra-system-features; a derivation goes only to a worker that lists all its requiredSystemFeatures, and nix's system-features setting is not read")
 	f.StringVar(&cfg.Worker.NixBinary, "nix", "nix", "nix binary")
 	f.StringVar(&cfg.SpoolDir, "spool-dir", "", "directory for compressed NARs while they upload (default: the system's temporary directory)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
