@@ -160,7 +160,12 @@ func (h *handler) lookupError(w http.ResponseWriter, r *http.Request, kind strin
 			code = http.StatusGatewayTimeout
 		}
 
-		httpError(w, code, "upstream caches failed, try again later")
+		msg := "upstream caches failed, try again later"
+		if errors.Is(err, errPeerFault) {
+			msg = "fetching the path from mesh peers failed and no upstream cache has it, try again later"
+		}
+
+		httpError(w, code, msg)
 	default:
 		h.store.metrics.requests.WithLabelValues(kind, resultError).Inc()
 		h.internalError(w, r, err)

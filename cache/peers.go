@@ -17,8 +17,8 @@ import (
 	"github.com/gradient-ci/gradient/protocol"
 )
 
-// DefaultPeerTimeout is the bound on one fetch from the peers, including
-// the NAR transfer, when Config.PeerTimeout is zero.
+// DefaultPeerTimeout is how long a fetch from the peers may go without
+// receiving NAR bytes when Config.PeerTimeout is zero.
 const DefaultPeerTimeout = 2 * time.Minute
 
 // Peers are other nodes that the cache asks for a path after its own
@@ -80,16 +80,27 @@ var errPeerFault = errors.New("fetching from the peers failed")
 
 // fetchFromPeers asks the peers for hashPart and returns its stored
 // .narinfo file on success. Concurrent calls for one hash part share one
-// fetch, which runs on the Store's background context within
-// Config.PeerTimeout. It returns an error wrapping ErrNotFound when no
-// peer serves the path, or errPeerFault when the fetch failed otherwise;
-// either way the caller goes on to the upstreams.
+// fetch, which runs on the Store's background context and ends when it
+// goes Config.PeerTimeout without receiving NAR bytes, so a large path
+// on a slow link still arrives. It returns an error wrapping ErrNotFound
+// when no peer serves the path, or errPeerFault when the fetch failed
+// otherwise; either way the caller goes on to the upstreams.
 func (s *Store) fetchFromPeers(ctx context.Context, peers Peers, hashPart string) ([]byte, error) {
 	ch := s.peerFlights.DoChan(hashPart, func() (any, error) {
-		fetchCtx, cancel := context.WithTimeout(s.background, s.cfg.PeerTimeout)
-		defer cancel()
+		fetchCtx, cancel := context.WithCancelCause(s.background)
+		defer cancel(nil)
 
-		err := peers.FetchHashPart(fetchCtx, hashPart, s)
+		idle := s.cfg.PeerTimeout
+		timer := time.AfterFunc(idle, func() {
+			cancel(fmt.Errorf("no NAR bytes from the peers for %v: %w", idle, context.DeadlineExceeded))
+		})
+		defer timer.Stop()
+
+		sink := &progressSink{NARSink: s, progress: func() { timer.Reset(idle) }}
+		err := peers.FetchHashPart(fetchCtx, hashPart, sink)
+		if cause := context.Cause(fetchCtx); err != nil && cause != nil {
+			err = fmt.Errorf("%w (%w)", err, cause)
+		}
 
 		switch {
 		case err == nil:
@@ -114,6 +125,31 @@ func (s *Store) fetchFromPeers(ctx context.Context, peers Peers, hashPart string
 
 		return result.Val.([]byte), nil
 	}
+}
+
+// progressSink is a NARSink that calls progress whenever it reads NAR
+// bytes, so that a fetch times out only when its transfer stalls.
+type progressSink struct {
+	protocol.NARSink
+	progress func()
+}
+
+func (p *progressSink) PutNAR(ctx context.Context, info protocol.PathInfo, nar io.Reader) error {
+	return p.NARSink.PutNAR(ctx, info, &progressReader{r: nar, progress: p.progress})
+}
+
+// progressReader calls progress after each read that returned bytes.
+type progressReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.progress()
+	}
+	return n, err
 }
 
 // OpenNAR opens the NAR file that a narinfo URL of this cache names, such

@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/gradient-ci/gradient/protocol"
 )
@@ -18,8 +20,10 @@ import (
 // fakePeers serves the paths in nars, or returns err, and records the
 // paths the cache reports.
 type fakePeers struct {
-	err  error
-	nars map[string]struct {
+	err error
+	// reader, when set, makes the reader of each NAR from its bytes.
+	reader func(ctx context.Context, nar []byte) io.Reader
+	nars   map[string]struct {
 		info protocol.PathInfo
 		nar  []byte
 	}
@@ -44,7 +48,12 @@ func (p *fakePeers) FetchHashPart(ctx context.Context, hashPart string, sink pro
 		return fmt.Errorf("fetch %q: %w", hashPart, ErrNotFound)
 	}
 
-	return sink.PutNAR(ctx, entry.info, bytes.NewReader(entry.nar))
+	var r io.Reader = bytes.NewReader(entry.nar)
+	if p.reader != nil {
+		r = p.reader(ctx, entry.nar)
+	}
+
+	return sink.PutNAR(ctx, entry.info, r)
 }
 
 func (p *fakePeers) PathsAdded(storePaths ...string) {
@@ -303,5 +312,87 @@ func TestGCReportsRemovedPaths(t *testing.T) {
 	want := []string{"/nix/store/" + hashFor(8) + "-old"}
 	if !slices.Equal(peers.removed, want) {
 		t.Errorf("PathsRemoved got %q, want %q", peers.removed, want)
+	}
+}
+
+// trickleReader returns nar in 64-byte pieces, each after a pause.
+type trickleReader struct {
+	nar   []byte
+	pause time.Duration
+}
+
+func (r *trickleReader) Read(p []byte) (int, error) {
+	if len(r.nar) == 0 {
+		return 0, io.EOF
+	}
+
+	time.Sleep(r.pause)
+	n := copy(p[:min(len(p), 64)], r.nar)
+	r.nar = r.nar[n:]
+
+	return n, nil
+}
+
+// stallReader returns the first half of nar, then blocks until ctx ends.
+type stallReader struct {
+	ctx  context.Context
+	half []byte
+}
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	if len(r.half) > 0 {
+		n := copy(p, r.half)
+		r.half = r.half[n:]
+
+		return n, nil
+	}
+
+	<-r.ctx.Done()
+
+	return 0, r.ctx.Err()
+}
+
+// TestPeerTimeoutIsIdle checks that Config.PeerTimeout ends a peer fetch
+// whose transfer stalls, but not one that takes longer while bytes flow.
+func TestPeerTimeoutIsIdle(t *testing.T) {
+	const timeout = 150 * time.Millisecond
+
+	tests := []struct {
+		name   string
+		reader func(ctx context.Context, nar []byte) io.Reader
+		want   int
+	}{
+		{"slow transfer", func(_ context.Context, nar []byte) io.Reader {
+			// Each pause is under the timeout, and the whole transfer
+			// takes several times as long.
+			pause := timeout / 3
+			if pieces := time.Duration(len(nar)/64 + 1); pieces*pause < 3*timeout {
+				pause = 3 * timeout / pieces
+			}
+
+			return &trickleReader{nar: nar, pause: min(pause, timeout/2)}
+		}, http.StatusOK},
+		{"stalled transfer", func(ctx context.Context, nar []byte) io.Reader {
+			return &stallReader{ctx: ctx, half: nar[:len(nar)/2]}
+		}, http.StatusGatewayTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u := newFakeUpstream(t)
+			s, srv := newPullStore(t, u, func(cfg *Config) { cfg.PeerTimeout = timeout })
+
+			peers := &fakePeers{reader: tt.reader}
+			peers.add(t, hashFor(1), "from-peer", bytes.Repeat([]byte("peer "), 200))
+			s.SetPeers(peers)
+
+			start := time.Now()
+			code, body := getStatus(t, srv.URL+"/"+hashFor(1)+".narinfo")
+			if code != tt.want {
+				t.Errorf("GET narinfo after %v = %d %q, want %d", time.Since(start), code, body, tt.want)
+			}
+			if code != http.StatusOK && !strings.Contains(body, "mesh peers") {
+				t.Errorf("error body %q does not name the mesh peers", body)
+			}
+		})
 	}
 }

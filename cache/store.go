@@ -156,8 +156,9 @@ type Config struct {
 	// GCInterval is how often Run collects garbage. It defaults to one
 	// hour.
 	GCInterval time.Duration
-	// PeerTimeout bounds one fetch from the peers that SetPeers sets,
-	// including the NAR transfer. It defaults to 2 minutes.
+	// PeerTimeout is how long one fetch from the peers that SetPeers sets
+	// may go without receiving NAR bytes: the lookup, and then any stall
+	// of the transfer. It defaults to 2 minutes.
 	PeerTimeout time.Duration
 }
 
