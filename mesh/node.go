@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -282,9 +283,20 @@ func (n *Node) Federation() *federation.Federation { return n.federation.Load() 
 
 // SetFederation replaces the federation, such as after the federation
 // file changed. Connections to peers that are no longer members are
-// closed, and the upstreams of Config.Upstreams are probed again.
+// closed, and the upstreams of Config.Upstreams are probed again. When
+// the members' keys changed, blocked peers are given another chance: a
+// missing or wrong key makes a member's narinfos fail verification,
+// which blocks the member like bad data does.
 func (n *Node) SetFederation(f *federation.Federation) {
-	n.federation.Store(f)
+	old := n.federation.Swap(f)
+	if old != nil && !sameKeys(old.Keys(), f.Keys()) {
+		n.mu.Lock()
+		lifted := n.blocklist.Clear()
+		n.mu.Unlock()
+		if lifted > 0 {
+			n.logger.Info("the federation's keys changed, so blocked peers are tried again", "peers", lifted)
+		}
+	}
 
 	select {
 	case n.federationChanged <- struct{}{}:
@@ -471,3 +483,16 @@ func (g gater) InterceptSecured(_ network.Direction, id peer.ID, addrs network.C
 }
 
 func (g gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+
+// sameKeys reports whether a and b hold the same keys, in any order.
+func sameKeys(a, b []narinfo.PublicKey) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, k := range a {
+		if !slices.ContainsFunc(b, func(x narinfo.PublicKey) bool { return x.String() == k.String() }) {
+			return false
+		}
+	}
+	return true
+}

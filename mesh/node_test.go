@@ -272,3 +272,32 @@ func TestAnnouncePathsRejectsInvalidPath(t *testing.T) {
 		t.Errorf("Paths after a rejected call = %d, want 0", n)
 	}
 }
+
+// TestTrustLiftsBlocks checks that a member blocked because its narinfos
+// were signed by a key the federation lacked is tried again once the key
+// is trusted.
+func TestTrustLiftsBlocks(t *testing.T) {
+	m := newTestMesh(t, 2, meshOptions{})
+	a, c := m.nodes[0], m.nodes[1]
+
+	other := newMemCache(t, "a-other-1")
+	p := storePath("new-key")
+	a.cache.put(p, []byte("bytes"), nil, other.key)
+	if _, err := c.Fetch(context.Background(), p, c.cache, a.ID()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Fetch(path signed by an unknown key) = %v, want ErrNotFound", err)
+	}
+	if n := c.Stats().BlockedPeers; n != 1 {
+		t.Fatalf("C's BlockedPeers = %d, want 1", n)
+	}
+
+	org, _ := c.Federation().OrgOf(a.ID())
+	if _, err := c.Trust(org, a.ID(), other.pub); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Stats().BlockedPeers; n != 0 {
+		t.Errorf("C's BlockedPeers after trusting the key = %d, want 0", n)
+	}
+	if from, err := c.Fetch(context.Background(), p, c.cache, a.ID()); err != nil || from != a.ID() {
+		t.Errorf("Fetch after trusting the key = %s, %v, want A", from, err)
+	}
+}
