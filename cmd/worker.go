@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -45,8 +47,8 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 			if err := checkServerURL(cf.server); err != nil {
 				return err
 			}
-			if cfg.Worker.MaxJobs < 1 || cfg.Worker.MaxJobs > 1024 {
-				return fmt.Errorf("--max-jobs %d is out of range: give 1 to 1024", cfg.Worker.MaxJobs)
+			if err := checkWorkerConfig(cfg); err != nil {
+				return err
 			}
 			cfg.Server = cf.server
 			cfg.Token = cf.token
@@ -151,6 +153,22 @@ func checkServerURL(server string) error {
 	u, err := url.Parse(server)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("--server %q is invalid: give the node's http or https URL, such as http://127.0.0.1:3000", server)
+	}
+	return nil
+}
+
+// checkWorkerConfig returns an error for the flags of `gradient worker`
+// that can never work. The worker checks them only after it connects, and
+// then reconnects forever or fails the jobs the node gives it.
+func checkWorkerConfig(cfg worker.RemoteConfig) error {
+	if cfg.Worker.MaxJobs < 1 || cfg.Worker.MaxJobs > 1024 {
+		return fmt.Errorf("--max-jobs %d is out of range: give 1 to 1024", cfg.Worker.MaxJobs)
+	}
+	if store := cfg.Worker.StoreDir; store != "" && !filepath.IsAbs(store) {
+		return fmt.Errorf("--store %q is relative: give an absolute path, such as /var/lib/gradient/store", store)
+	}
+	if _, err := exec.LookPath(cfg.Worker.NixBinary); err != nil {
+		return fmt.Errorf("--nix %q not found: install nix or give the path of its binary: %w", cfg.Worker.NixBinary, err)
 	}
 	return nil
 }

@@ -1,10 +1,13 @@
 package cmd
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gradient-ci/gradient/internal/worker"
 	"github.com/gradient-ci/gradient/web"
 )
 
@@ -54,6 +57,46 @@ func TestWorkerListColumns(t *testing.T) {
 		}
 		if got := workerJobs(c.w); got != c.wantJobs {
 			t.Errorf("workerJobs(%s) = %q, want %q", c.name, got, c.wantJobs)
+		}
+	}
+}
+
+func TestCheckWorkerConfig(t *testing.T) {
+	nixPath := filepath.Join(t.TempDir(), "nix")
+	if err := os.WriteFile(nixPath, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	valid := func() worker.RemoteConfig {
+		var cfg worker.RemoteConfig
+		cfg.Worker.MaxJobs = 1
+		cfg.Worker.NixBinary = nixPath
+		return cfg
+	}
+
+	cases := []struct {
+		name     string
+		change   func(*worker.RemoteConfig)
+		wantFlag string
+	}{
+		{"defaults", func(*worker.RemoteConfig) {}, ""},
+		{"absolute store", func(c *worker.RemoteConfig) { c.Worker.StoreDir = "/var/lib/gradient/store" }, ""},
+		{"max jobs 0", func(c *worker.RemoteConfig) { c.Worker.MaxJobs = 0 }, "--max-jobs"},
+		{"max jobs 1025", func(c *worker.RemoteConfig) { c.Worker.MaxJobs = 1025 }, "--max-jobs"},
+		{"relative store", func(c *worker.RemoteConfig) { c.Worker.StoreDir = "store" }, "--store"},
+		{"missing nix", func(c *worker.RemoteConfig) { c.Worker.NixBinary = filepath.Join(t.TempDir(), "missing", "nix") }, "--nix"},
+	}
+	for _, c := range cases {
+		cfg := valid()
+		c.change(&cfg)
+		err := checkWorkerConfig(cfg)
+		if c.wantFlag == "" {
+			if err != nil {
+				t.Errorf("checkWorkerConfig(%s) = %v, want nil", c.name, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), c.wantFlag) {
+			t.Errorf("checkWorkerConfig(%s) = %v, want an error naming %s", c.name, err, c.wantFlag)
 		}
 	}
 }
