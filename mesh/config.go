@@ -27,6 +27,7 @@ const (
 	DefaultBlockDuration       = time.Hour
 	DefaultMaxServeStreams     = 16
 	DefaultPingInterval        = 30 * time.Second
+	DefaultBootstrapInterval   = 30 * time.Second
 	DefaultMaxReferenceDepth   = 64
 	DefaultMaxClosurePaths     = 4096
 	DefaultUpstreamProbe       = 5 * time.Minute
@@ -112,6 +113,9 @@ type Config struct {
 	// PingInterval is how often the node measures the round-trip time to
 	// its connected peers, which orders candidates. It defaults to 30s.
 	PingInterval time.Duration
+	// BootstrapInterval is how often the node dials the bootstrap peers
+	// again while it has no peer. It defaults to 30s.
+	BootstrapInterval time.Duration
 
 	// Upstreams returns the URLs of the local cache's upstream caches.
 	// When it is set, Run probes each one for a Gradient node with
@@ -153,6 +157,7 @@ func (cfg *Config) setDefaults() {
 	setDefault(&cfg.BuildTTL, DefaultBuildTTL)
 	setDefault(&cfg.BlockDuration, DefaultBlockDuration)
 	setDefault(&cfg.PingInterval, DefaultPingInterval)
+	setDefault(&cfg.BootstrapInterval, DefaultBootstrapInterval)
 	setDefault(&cfg.UpstreamProbeInterval, DefaultUpstreamProbe)
 	setDefault(&cfg.UpstreamCheckInterval, DefaultUpstreamCheck)
 
@@ -200,6 +205,7 @@ func (cfg Config) Validate() error {
 		"LookupTimeout": cfg.LookupTimeout, "DialTimeout": cfg.DialTimeout, "ReadTimeout": cfg.ReadTimeout,
 		"AnnounceTimeout": cfg.AnnounceTimeout, "BlockDuration": cfg.BlockDuration, "PingInterval": cfg.PingInterval,
 		"UpstreamProbeInterval": cfg.UpstreamProbeInterval, "UpstreamCheckInterval": cfg.UpstreamCheckInterval,
+		"BootstrapInterval": cfg.BootstrapInterval,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%w: %s %s is negative", ErrInvalidConfig, name, d)

@@ -15,23 +15,36 @@ import (
 // other on the local network.
 const mdnsService = "_gradient-mesh._udp"
 
-// bootstrapRetry is how often a node without peers dials its bootstrap
-// peers again.
-const bootstrapRetry = 30 * time.Second
-
 // bootstrapLoop connects to the bootstrap peers and those that AddPeer
 // added, at start and whenever the node has no peers, and refreshes the
 // DHT's routing table after each round that connected.
 func (n *Node) bootstrapLoop(ctx context.Context) {
 	bootstrap, _ := parseBootstrap(n.cfg.Bootstrap)
+	// closedOnUs is set while every connection to the bootstrap peers
+	// ended before the next round, so that it is logged once.
+	closedOnUs := false
+	connected := 0
 
 	for {
 		n.mu.Lock()
 		infos := append(slices.Clone(bootstrap), n.extraPeers...)
 		n.mu.Unlock()
 
-		if len(n.host.Network().Peers()) == 0 && len(infos) > 0 {
-			connected := 0
+		alone := len(n.host.Network().Peers()) == 0
+		switch {
+		case alone && connected > 0 && !closedOnUs:
+			// The peers accepted the connection and then closed it,
+			// which is what a node does to a peer outside its
+			// federation.
+			closedOnUs = true
+			n.logger.Warn("the bootstrap peers closed every connection this node opened; they may not list it in their federation: on each, run 'gradient mesh trust' with this node's peer ID and cache key",
+				"peer_id", n.host.ID().String(), "cache_public_key", n.cfg.CachePublicKey)
+		case !alone:
+			closedOnUs = false
+		}
+
+		if alone && len(infos) > 0 {
+			connected = 0
 
 			for _, info := range infos {
 				if info.ID == n.host.ID() {
@@ -60,7 +73,7 @@ func (n *Node) bootstrapLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(bootstrapRetry):
+		case <-time.After(n.cfg.BootstrapInterval):
 		}
 	}
 }

@@ -107,7 +107,19 @@ type Node struct {
 	// extraPeers are the peers that AddPeer added, dialled again like
 	// the bootstrap peers.
 	extraPeers []peer.AddrInfo
+	// rejectLogged is when the gater last logged a rejected non-member,
+	// by peer ID, so that each is logged about once per
+	// rejectLogInterval.
+	rejectLogged map[peer.ID]time.Time
 }
+
+// rejectLogInterval is how often the gater logs the rejected connections
+// of one non-member peer.
+const rejectLogInterval = time.Hour
+
+// maxRejectLogged bounds the peers whose rejections are remembered: a
+// hostile peer can make up any number of peer IDs.
+const maxRejectLogged = 1024
 
 // New creates the node's host, DHT, GossipSub router and NAR stream
 // handler. The host listens at once, so Status is right before Run. The
@@ -477,9 +489,33 @@ func (g gater) InterceptSecured(_ network.Direction, id peer.ID, addrs network.C
 	}
 
 	g.n.metrics.rejectedConns.Inc()
-	g.n.logger.Debug("rejected a connection from a peer that is not a member", "remote_peer_id", id.String(), "remote_addr", addrs.RemoteMultiaddr().String())
+	log := g.n.logger.Debug
+	if g.n.firstRejection(id) {
+		log = g.n.logger.Info
+	}
+	log("rejected a connection from a peer that is not a federation member; if it should be one, run 'gradient mesh trust PEER_ID --key KEY' with its peer ID and cache key",
+		"remote_peer_id", id.String(), "remote_addr", addrs.RemoteMultiaddr().String())
 
 	return false
+}
+
+// firstRejection reports whether the gater rejects id for the first time
+// within rejectLogInterval, and records the rejection.
+func (n *Node) firstRejection(id peer.ID) bool {
+	now := n.cfg.Now()
+
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	if last, ok := n.rejectLogged[id]; ok && now.Sub(last) < rejectLogInterval {
+		return false
+	}
+	if n.rejectLogged == nil || len(n.rejectLogged) >= maxRejectLogged {
+		n.rejectLogged = map[peer.ID]time.Time{}
+	}
+	n.rejectLogged[id] = now
+
+	return true
 }
 
 func (g gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
