@@ -130,7 +130,7 @@ func printPlacement(w io.Writer, b db.Build) {
 	fmt.Fprintf(w, "build %d (%s): %s\n", b.ID, b.Name, b.Status)
 	fmt.Fprintf(w, "worker: %s\n", p.WorkerID)
 	fmt.Fprintf(w, "job: %s, %d derivation(s), assigned %s\n", p.JobID, p.Links, p.AssignedAt.Format(time.RFC3339))
-	fmt.Fprintf(w, "candidates: %d workers with a free slot, the system and the features\n", p.Candidates)
+	fmt.Fprintf(w, "candidates: %d (workers with a free slot, the system and the features)\n", p.Candidates)
 	if p.RunnerUp != "" {
 		fmt.Fprintf(w, "runner-up: %s, total %.1f s\n", p.RunnerUp, p.RunnerUpTotal)
 	} else {
