@@ -14,6 +14,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/klauspost/compress/zstd"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
@@ -91,8 +92,9 @@ func (s *Store) PutNAR(ctx context.Context, info protocol.PathInfo, nar io.Reade
 	return nil
 }
 
-// narInfoFromPathInfo checks info and converts it to an unsigned narinfo
-// without URL and file fields.
+// narInfoFromPathInfo checks info and converts it to a narinfo without
+// URL and file fields, with the signatures of info and not yet the
+// cache's own.
 func (s *Store) narInfoFromPathInfo(info protocol.PathInfo) (*narinfo.NarInfo, error) {
 	if err := s.checkStorePath(info.StorePath); err != nil {
 		return nil, &narinfo.FieldError{Field: "StorePath", Err: err}
@@ -132,6 +134,15 @@ func (s *Store) narInfoFromPathInfo(info protocol.PathInfo) (*narinfo.NarInfo, e
 		}
 
 		ni.Deriver = path.Base(info.Deriver)
+	}
+
+	for _, text := range info.Signatures {
+		sig, err := signature.ParseSignature(text)
+		if err != nil {
+			return nil, &narinfo.FieldError{Field: "Sig", Err: err}
+		}
+
+		ni.Signatures = append(ni.Signatures, sig)
 	}
 
 	return ni, nil

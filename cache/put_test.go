@@ -129,3 +129,48 @@ func assertDirEmpty(t *testing.T, dir string) {
 		t.Errorf("%s contains %q, want it empty", dir, e.Name())
 	}
 }
+
+// TestPutNARKeepsGivenSignatures checks that PutNAR keeps the signatures
+// of its PathInfo beside the cache's own, and rejects a malformed one.
+func TestPutNARKeepsGivenSignatures(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t, nil)
+	narBytes := makeNAR(t, []byte("hello\n"))
+	info := pathInfoFor(hashA, "hello", narBytes)
+
+	peerKey, peerPublic, err := narinfo.GenerateKey("peer-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := s.narInfoFromPathInfo(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := narinfo.Sign(ni, peerKey); err != nil {
+		t.Fatal(err)
+	}
+
+	bad := info
+	bad.Signatures = []string{"no-colon"}
+	if err := s.PutNAR(ctx, bad, bytes.NewReader(narBytes)); err == nil || !strings.Contains(err.Error(), "Sig") {
+		t.Errorf("PutNAR(malformed signature) = %v, want an error naming Sig", err)
+	}
+
+	info.Signatures = []string{ni.Signatures[0].String()}
+	if err := s.PutNAR(ctx, info, bytes.NewReader(narBytes)); err != nil {
+		t.Fatalf("PutNAR: %v", err)
+	}
+	stored, err := s.NarInfo(ctx, hashA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := narinfo.ParsePublicKey(testPublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []narinfo.PublicKey{peerPublic, own} {
+		if err := narinfo.Verify(stored, []narinfo.PublicKey{key}); err != nil {
+			t.Errorf("Verify(stored narinfo, %s) = %v, want nil", key.Name, err)
+		}
+	}
+}

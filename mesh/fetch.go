@@ -305,7 +305,19 @@ func (n *Node) fetchFrom(ctx context.Context, id peer.ID, storePath, hashPart st
 	}
 	defer nar.Close()
 
-	if err := sink.PutNAR(ctx, pathInfo(info), nar); err != nil {
+	// The member signatures that readNarInfo verified go along, so that
+	// clients who trust the member can check the path in this cache too.
+	pi := pathInfo(info)
+	valid, err := narinfo.ValidSignatures(info, n.Federation().Keys())
+	if err != nil {
+		s.Reset()
+		return fmt.Errorf("%w: %w", ErrBadData, err)
+	}
+	for _, sig := range valid {
+		pi.Signatures = append(pi.Signatures, sig.String())
+	}
+
+	if err := sink.PutNAR(ctx, pi, nar); err != nil {
 		s.Reset()
 
 		if nar.err != nil {

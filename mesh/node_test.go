@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +109,10 @@ func TestFetchSkipsTamperedNAR(t *testing.T) {
 	}
 	if got, _ := c.cache.file(p); string(got) != "good bytes" {
 		t.Errorf("C's NAR of %s = %q, want the good bytes", p, got)
+	}
+	// A's signature goes along, so clients that trust A can check C's copy.
+	if sigs := c.cache.givenSignatures(p); len(sigs) != 1 || !strings.HasPrefix(sigs[0], a.cache.pub.Name+":") {
+		t.Errorf("signatures passed to C's cache = %q, want A's one", sigs)
 	}
 	if n := c.Stats().BlockedPeers; n != 1 {
 		t.Errorf("C's BlockedPeers = %d, want 1", n)

@@ -114,4 +114,8 @@ type PathInfo struct {
 	// CA is the content address ("fixed:r:sha256:..."), empty for
 	// input-addressed paths.
 	CA string `json:"ca,omitempty"`
+	// Signatures are narinfo signatures ("name:base64") that a sink keeps
+	// beside its own, such as a mesh peer's that the fetcher verified. A
+	// node drops the signatures that a worker sends.
+	Signatures []string `json:"signatures,omitempty"`
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nar"
 
 	"github.com/gradient-ci/gradient/cache"
+	"github.com/gradient-ci/gradient/cache/narinfo"
 	"github.com/gradient-ci/gradient/protocol"
 )
 
@@ -246,5 +247,47 @@ func TestNARUploadRejectsWrongHash(t *testing.T) {
 	}
 	if has, _ := store.HasPath(ctx, info.StorePath); has {
 		t.Error("the cache holds a NAR whose NarHash did not match")
+	}
+}
+
+// TestNARUploadDropsWorkerSignatures checks that the node does not keep
+// signatures a worker sends with an upload: the node vouches for what it
+// stores with its own key only.
+func TestNARUploadDropsWorkerSignatures(t *testing.T) {
+	store := newCache(t)
+	joined := make(chan *protocol.RemoteWorker, 1)
+	hub, err := protocol.NewHub(protocol.HubConfig{
+		Authenticate: func(ctx context.Context, token string) (string, error) { return "w1", nil },
+		NARs:         store,
+		UploadDir:    t.TempDir(),
+		Joined:       func(w *protocol.RemoteWorker) { joined <- w },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	narBytes, info := makeNAR(t, 1000)
+	info.Signatures = []string{"cache.nixos.org-1:" + base64.StdEncoding.EncodeToString(make([]byte, 64))}
+	worker := &uploadingWorker{nar: narBytes, info: info}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	nodeEnd, workerEnd := protocol.Pipe()
+	go hub.Attach(ctx, nodeEnd, "w1", "pipe")
+	go protocol.Serve(ctx, workerEnd, protocol.ServeConfig{
+		Systems:  []string{"x86_64-linux"},
+		SpoolDir: t.TempDir(),
+		Setup:    func(context.Context, *protocol.Welcome) (protocol.Worker, error) { return worker, nil },
+	})
+	rw := <-joined
+
+	if _, err := rw.Build(ctx, protocol.BuildRequest{DrvPath: "/nix/store/x.drv"}, io.Discard, store); err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	ni, err := store.NarInfo(ctx, narinfo.HashPart(info.StorePath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ni.Signatures) != 1 || ni.Signatures[0].Name != "resume-test-1" {
+		t.Errorf("stored signatures = %v, want only the node's resume-test-1", ni.Signatures)
 	}
 }

@@ -210,5 +210,9 @@ func storeUpload(ctx context.Context, u *incomingUpload) error {
 		return fmt.Errorf("decompress %s: %w", u.begin.Info.StorePath, err)
 	}
 	defer dec.Close()
-	return u.sink.PutNAR(ctx, u.begin.Info, dec)
+	// A worker cannot vouch for signatures: the node signs with its own
+	// key.
+	info := u.begin.Info
+	info.Signatures = nil
+	return u.sink.PutNAR(ctx, info, dec)
 }

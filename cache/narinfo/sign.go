@@ -120,21 +120,38 @@ func Sign(info *NarInfo, key SecretKey) error {
 // substitutes a path. Otherwise it returns an error wrapping
 // ErrNoTrustedSignature.
 func Verify(info *NarInfo, trusted []PublicKey) error {
-	fingerprint, err := Fingerprint(info)
+	valid, err := ValidSignatures(info, trusted)
 	if err != nil {
 		return fmt.Errorf("verify narinfo: %w", err)
 	}
 
+	if len(valid) == 0 {
+		return fmt.Errorf("verify narinfo %q: %w", info.StorePath, ErrNoTrustedSignature)
+	}
+
+	return nil
+}
+
+// ValidSignatures returns the signatures of info that are valid under a
+// key of trusted with the same name, in their order in info.
+func ValidSignatures(info *NarInfo, trusted []PublicKey) ([]signature.Signature, error) {
+	fingerprint, err := Fingerprint(info)
+	if err != nil {
+		return nil, err
+	}
+
 	// go-nix's signature.VerifyFirst stops at the first signature whose
 	// key name matches, so a bad signature would hide a good one.
+	var valid []signature.Signature
 	for _, sig := range info.Signatures {
 		for _, key := range trusted {
 			if key.Name == sig.Name && len(key.Data) == ed25519.PublicKeySize &&
 				ed25519.Verify(key.Data, []byte(fingerprint), sig.Data) {
-				return nil
+				valid = append(valid, sig)
+				break
 			}
 		}
 	}
 
-	return fmt.Errorf("verify narinfo %q: %w", info.StorePath, ErrNoTrustedSignature)
+	return valid, nil
 }
