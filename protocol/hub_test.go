@@ -432,3 +432,20 @@ func (l *logBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.buf.String()
 }
+
+// TestDialNotANode checks that a worker pointed at a server that answers
+// 404, such as a URL with a wrong path, stops with a reason instead of
+// retrying forever.
+func TestDialNotANode(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	cfg := ServeConfig{Systems: []string{"x86_64-linux"}, Setup: func(context.Context, *Welcome) (Worker, error) { return &fakeWorker{}, nil }}
+	err := RunWorker(ctx, DialWebSocket(srv.URL+"/prefix", "token"), RunConfig{ServeConfig: cfg})
+	var reject *RejectError
+	if !errors.As(err, &reject) || !strings.Contains(reject.Reason, "404") || !strings.Contains(reject.Reason, "--server") {
+		t.Errorf("RunWorker against a 404 = %v, want a *RejectError naming 404 and --server", err)
+	}
+}
