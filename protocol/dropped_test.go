@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -94,4 +95,53 @@ func TestStoppedWorkerNotDropped(t *testing.T) {
 		t.Errorf("Dropped() = true after the worker stopped, want false; hub log:\n%s", th.logs.String())
 	}
 	<-served
+}
+
+// TestBackoffFitsLease checks that once a node named its lease, the
+// delays between reconnects stay within a quarter of it, so that a
+// worker whose connection dropped comes back while the node keeps its
+// jobs.
+func TestBackoffFitsLease(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var dials []time.Time
+	dial := func(ctx context.Context) (Conn, error) {
+		dials = append(dials, time.Now())
+		switch {
+		case len(dials) == 1:
+			// The first connection gets a welcome with a 2 s lease, then
+			// drops.
+			nodeEnd, workerEnd := Pipe()
+			go func() {
+				if _, err := nodeEnd.Read(ctx); err != nil {
+					return
+				}
+				welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 1000, LeaseMillis: 2000, CachePath: "/cache/main"}
+				if err := nodeEnd.Write(ctx, welcome); err != nil {
+					return
+				}
+				nodeEnd.Close(websocket.StatusGoingAway, "connection cut")
+			}()
+			return workerEnd, nil
+		case len(dials) < 8:
+			return nil, errors.New("connection refused")
+		default:
+			cancel()
+			return nil, ctx.Err()
+		}
+	}
+	cfg := ServeConfig{Systems: []string{"x86_64-linux"}, SpoolDir: t.TempDir(),
+		Setup: func(context.Context, *Welcome) (Worker, error) { return &fakeWorker{}, nil }}
+	if err := RunWorker(ctx, dial, RunConfig{ServeConfig: cfg, MinBackoff: 50 * time.Millisecond, MaxBackoff: time.Minute}); err != nil {
+		t.Fatalf("RunWorker = %v", err)
+	}
+
+	// Without the lease the delays double from 50 ms: the seventh would
+	// be 1.6 s to 3.2 s.
+	for i := 1; i < len(dials); i++ {
+		if gap := dials[i].Sub(dials[i-1]); gap > 700*time.Millisecond {
+			t.Errorf("delay before dial %d = %v, want at most 500 ms, a quarter of the lease", i+1, gap)
+		}
+	}
 }

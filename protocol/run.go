@@ -108,6 +108,12 @@ func RunWorker(ctx context.Context, dial Dialer, cfg RunConfig) error {
 	}
 	log := cfg.ServeConfig.withDefaults().Logger
 	backoff := &Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff}
+	// A node keeps a dropped worker's jobs for its lease, so the worker
+	// tries to reconnect several times within it.
+	cfg.welcomed = func(w *Welcome) {
+		lease := time.Duration(w.LeaseMillis) * time.Millisecond
+		backoff.Max = max(cfg.MinBackoff, min(cfg.MaxBackoff, lease/4))
+	}
 	for {
 		conn, err := dial(ctx)
 		if err == nil {

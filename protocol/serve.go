@@ -72,6 +72,10 @@ type ServeConfig struct {
 	// waits on it. Later sessions sharing Detached count such builds in
 	// their heartbeats. When nil, Serve cancels every job when it returns.
 	Detached *DetachedBuilds
+
+	// welcomed, when set, receives the node's Welcome after the
+	// handshake, such as for RunWorker to fit its backoff to the lease.
+	welcomed func(*Welcome)
 }
 
 // DetachedBuilds tracks the build jobs that may outlive their session,
@@ -193,6 +197,9 @@ func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
 	welcome, err := workerHandshake(ctx, conn, cfg)
 	if err != nil {
 		return err
+	}
+	if cfg.welcomed != nil {
+		cfg.welcomed(welcome)
 	}
 
 	// Reads and writes whose context ends close a WebSocket without a
