@@ -3,6 +3,7 @@ package protocol
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,20 +14,71 @@ import (
 // handshake from the worker's end and returns that end.
 func attachPipe(t *testing.T, th *testHub, id string) Conn {
 	t.Helper()
+	c, err := attachInstance(t, th, id, "")
+	if err != nil {
+		t.Fatalf("read welcome: %v", err)
+	}
+	return c
+}
+
+// attachInstance attaches a worker named id whose Hello names instance,
+// and returns the worker's end after the welcome, or the error that
+// ended the handshake.
+func attachInstance(t *testing.T, th *testHub, id, instance string) (Conn, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	nodeEnd, workerEnd := Pipe()
 	go th.Attach(context.Background(), nodeEnd, id, "pipe")
-	hello := &Hello{Version: Version, Capabilities: []Capability{CapBuild}, Systems: []string{"x86_64-linux"}, MaxJobs: 1, CPUs: 1}
+	hello := &Hello{Version: Version, Capabilities: []Capability{CapBuild}, Systems: []string{"x86_64-linux"}, MaxJobs: 1, CPUs: 1, Instance: instance}
 	if err := workerEnd.Write(ctx, hello); err != nil {
 		t.Fatalf("send hello: %v", err)
 	}
-	if m, err := workerEnd.Read(ctx); err != nil {
-		t.Fatalf("read welcome: %v", err)
-	} else if _, ok := m.(*Welcome); !ok {
+	m, err := workerEnd.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := m.(*Welcome); !ok {
 		t.Fatalf("got a %s message, want welcome", m.Type())
 	}
-	return workerEnd
+	return workerEnd, nil
+}
+
+// TestSecondProcessRefused checks that a second process with the token of
+// a connected worker is refused, with a reason and one log line, while
+// the same process reconnecting replaces its old connection.
+func TestSecondProcessRefused(t *testing.T) {
+	th := newTestHub(t, nil)
+	if _, err := attachInstance(t, th, "w1", "process-a"); err != nil {
+		t.Fatal(err)
+	}
+	first := th.waitJoined(t)
+
+	for range 2 {
+		_, err := attachInstance(t, th, "w1", "process-b")
+		if websocket.CloseStatus(err) != websocket.StatusTryAgainLater {
+			t.Fatalf("second process's handshake = %v, want close status %v", err, websocket.StatusTryAgainLater)
+		}
+		var ce websocket.CloseError
+		if errors.As(err, &ce) && !strings.Contains(ce.Reason, "gradient worker register") {
+			t.Errorf("close reason = %q, want it to say how to get a token", ce.Reason)
+		}
+	}
+	select {
+	case <-first.Done():
+		t.Fatal("the first process was disconnected")
+	default:
+	}
+	if n := th.logs.count("msg=\"connection refused: another process"); n != 1 {
+		t.Errorf("hub logged the second process %d times, want once", n)
+	}
+
+	if _, err := attachInstance(t, th, "w1", "process-a"); err != nil {
+		t.Fatalf("reconnect of the same process = %v, want a welcome", err)
+	}
+	if left := th.waitLeft(t); left != first {
+		t.Fatal("Left reported another worker")
+	}
 }
 
 // TestRemoteWorkerDropped checks which ends of a connection count as

@@ -80,6 +80,9 @@ type Hub struct {
 	// mu guards the fields below.
 	mu       sync.Mutex
 	sessions map[string]*session
+	// duplicates lists the worker processes refused as duplicates, by
+	// worker ID and instance, so that each is logged once.
+	duplicates map[string]bool
 	// partials lists the partial upload files that a session writes.
 	partials map[string]bool
 	stopped  bool
@@ -165,7 +168,17 @@ func (h *Hub) Attach(ctx context.Context, conn Conn, workerID, remoteAddr string
 	}
 
 	s := newSession(h, conn, workerID, hello, log)
-	if err := h.register(s); err != nil {
+	s.remoteAddr = remoteAddr
+	if err := h.register(s); errors.Is(err, errDuplicate) {
+		// The newcomer retries later rather than exit, because the other
+		// process may be a connection that is about to time out.
+		reason := fmt.Sprintf("worker %q is connected from another process; give each worker process its own token from 'gradient worker register'", workerID)
+		if h.firstDuplicate(workerID, hello.Instance) {
+			log.Warn("connection refused: another process is connected with this worker's token", "err", err, "instance", hello.Instance)
+		}
+		conn.Close(websocket.StatusTryAgainLater, reason)
+		return err
+	} else if err != nil {
 		conn.Close(websocket.StatusGoingAway, err.Error())
 		return err
 	}
@@ -241,8 +254,14 @@ func (h *Hub) handshake(ctx context.Context, conn Conn) (Hello, error) {
 	return *hello, nil
 }
 
+// errDuplicate is returned by register for a second process that uses
+// the token of a connected worker.
+var errDuplicate = errors.New("another process is connected with this worker's token")
+
 // register adds s, first ending an older session of the same worker and
-// waiting until its Left callback returned.
+// waiting until its Left callback returned. It returns an error wrapping
+// errDuplicate instead when the older session belongs to another worker
+// process and is alive: it sent a message within two heartbeats.
 func (h *Hub) register(s *session) error {
 	for {
 		h.mu.Lock()
@@ -257,6 +276,10 @@ func (h *Hub) register(s *session) error {
 			return nil
 		}
 		h.mu.Unlock()
+		if old.hello.Instance != "" && s.hello.Instance != "" && old.hello.Instance != s.hello.Instance &&
+			h.cfg.Now().Sub(old.lastSeenTime()) < 2*h.cfg.HeartbeatInterval {
+			return fmt.Errorf("%w (%s)", errDuplicate, old.remoteAddr)
+		}
 		old.replace()
 		<-old.left
 	}
@@ -268,6 +291,23 @@ func (h *Hub) unregister(s *session) {
 	if h.sessions[s.id] == s {
 		delete(h.sessions, s.id)
 	}
+}
+
+// firstDuplicate reports whether the process instance of worker id is
+// refused as a duplicate for the first time, and records it.
+func (h *Hub) firstDuplicate(id, instance string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	key := id + "\x00" + instance
+	if h.duplicates[key] {
+		return false
+	}
+	// A hostile worker can make up instances: keep the map bounded.
+	if h.duplicates == nil || len(h.duplicates) >= 1024 {
+		h.duplicates = map[string]bool{}
+	}
+	h.duplicates[key] = true
+	return true
 }
 
 // Run drops workers whose lease expired and removes stale partial uploads

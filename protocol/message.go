@@ -87,6 +87,10 @@ type Hello struct {
 	CPUs int `cbor:"cpus"`
 	// MemoryBytes is the machine's total memory.
 	MemoryBytes uint64 `cbor:"memory_bytes"`
+	// Instance identifies the worker process, at random, so that the node
+	// tells a reconnect of the same process from a second process with
+	// the same token. Empty from workers that do not send it.
+	Instance string `cbor:"instance,omitempty"`
 }
 
 // Has reports whether the worker announced c.

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -242,6 +243,9 @@ func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
 	return s.readLoop(ctx, &wg)
 }
 
+// processInstance is this process's Hello.Instance.
+var processInstance = rand.Text()[:16]
+
 // workerHandshake sends the Hello and waits for the Welcome.
 func workerHandshake(ctx context.Context, conn Conn, cfg ServeConfig) (*Welcome, error) {
 	hello := &Hello{
@@ -252,6 +256,7 @@ func workerHandshake(ctx context.Context, conn Conn, cfg ServeConfig) (*Welcome,
 		MaxJobs:      cfg.MaxJobs,
 		CPUs:         cfg.CPUs,
 		MemoryBytes:  cfg.MemoryBytes,
+		Instance:     processInstance,
 	}
 	if err := conn.Write(ctx, hello); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)

@@ -15,12 +15,14 @@ import (
 // session is the node's side of one worker connection after the
 // handshake.
 type session struct {
-	hub    *Hub
-	conn   Conn
-	id     string
-	hello  Hello
-	log    *slog.Logger
-	remote *RemoteWorker
+	hub   *Hub
+	conn  Conn
+	id    string
+	hello Hello
+	// remoteAddr is the worker's address, for log lines.
+	remoteAddr string
+	log        *slog.Logger
+	remote     *RemoteWorker
 
 	// replies carries the messages that the read loop answers with, so
 	// that it never blocks on a write while the worker blocks on one.

@@ -58,7 +58,7 @@ func (m *Hello) validate() error {
 	if m.CPUs < 0 {
 		return fmt.Errorf("cpus is %d, below 0", m.CPUs)
 	}
-	return nil
+	return checkString("instance", m.Instance, 64)
 }
 
 func (m *Welcome) validate() error {
