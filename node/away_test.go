@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -177,4 +179,39 @@ func TestLostWorkerJobQueuedAgain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEvaluationMovesOffFaultyWorker checks that an evaluation whose
+// worker cannot run nix goes to another worker, and fails with a reason
+// that names nix when no worker can.
+func TestEvaluationMovesOffFaultyWorker(t *testing.T) {
+	res := graphResult(testDrv{name: "a"})
+	broken := &fakeWorker{
+		evaluate: func(context.Context, protocol.EvalRequest) (protocol.EvalResult, error) {
+			return protocol.EvalResult{}, fmt.Errorf("run nix flake metadata: fork/exec /nonexistent/nix (%w)", protocol.ErrWorkerFault)
+		},
+		build: func(context.Context, protocol.BuildRequest, io.Writer) (protocol.BuildResult, error) {
+			return protocol.BuildResult{}, fmt.Errorf("fork/exec /nonexistent/nix (%w)", protocol.ErrWorkerFault)
+		},
+	}
+
+	t.Run("another worker evaluates", func(t *testing.T) {
+		h := newHarness(t, driverConfig{})
+		h.connect("w1", broken, protocol.ServeConfig{Capabilities: []protocol.Capability{protocol.CapEval}})
+		h.connect("w2", instantWorker(res), protocol.ServeConfig{})
+		id := h.evaluate("moves")
+		if e := h.waitStatus(id, db.EvalSucceeded); e.Error != "" {
+			t.Errorf("evaluation error = %q, want none", e.Error)
+		}
+	})
+
+	t.Run("no worker can", func(t *testing.T) {
+		h := newHarness(t, driverConfig{})
+		h.connect("w1", broken, protocol.ServeConfig{})
+		id := h.evaluate("fails")
+		e := h.waitStatus(id, db.EvalFailed)
+		if !strings.Contains(e.Error, "could not run nix") || !strings.Contains(e.Error, "/nonexistent/nix") {
+			t.Errorf("evaluation error = %q, want it to say the workers could not run nix and why", e.Error)
+		}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 
@@ -24,16 +25,34 @@ const maxEvalAttempts = 5
 // offered again after a growing delay, without counting an attempt.
 func (d *driver) runEvaluation(ctx context.Context, log *slog.Logger, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
 	delay := d.cfg.RetryDelay
+	// faulty lists the workers that could not run nix for this
+	// evaluation; the others take over.
+	faulty := map[string]bool{}
+	var lastFault error
 	for attempt := 1; ; {
 		ws, err := d.evalPool.wait(ctx)
 		if err != nil {
 			return protocol.EvalResult{}, err
 		}
+		ws = slices.DeleteFunc(ws, func(w *protocol.RemoteWorker) bool { return faulty[w.ID()] })
+		if len(ws) == 0 {
+			return protocol.EvalResult{}, fmt.Errorf("no connected worker that evaluates could run nix; fix nix on the workers and evaluate again: %w", lastFault)
+		}
 		var res protocol.EvalResult
 		if len(ws) == 1 {
 			res, err = ws[0].Evaluate(ctx, req, progress)
+			if errors.Is(err, protocol.ErrWorkerFault) {
+				err = &workerFaultError{id: ws[0].ID(), err: err}
+			}
 		} else {
 			res, err = d.evaluateSharded(ctx, log, ws, req, progress)
+		}
+		if fe := (*workerFaultError)(nil); errors.As(err, &fe) {
+			log.Warn("a worker could not run nix; evaluating on the others", "worker_id", fe.id, "err", fe.err)
+			fmt.Fprintf(progress, "worker %s could not run nix: %v\n", fe.id, fe.err)
+			faulty[fe.id] = true
+			lastFault = fe
+			continue
 		}
 		if errors.Is(err, protocol.ErrJobDeclined) {
 			log.Info("a worker declined the evaluation; offering it again", "delay", delay, "err", err)
@@ -58,6 +77,9 @@ func (d *driver) evaluateSharded(ctx context.Context, log *slog.Logger, ws []*pr
 	listReq := req
 	listReq.ListOnly = true
 	list, err := ws[0].Evaluate(ctx, listReq, progress)
+	if errors.Is(err, protocol.ErrWorkerFault) {
+		return protocol.EvalResult{}, &workerFaultError{id: ws[0].ID(), err: err}
+	}
 	if err != nil {
 		return protocol.EvalResult{}, err
 	}
@@ -74,7 +96,11 @@ func (d *driver) evaluateSharded(ctx context.Context, log *slog.Logger, ws []*pr
 	// git tree is not: everything is evaluated on the worker that listed.
 	if !isLocked(list.Flake) {
 		log.Info("flake source is not locked: evaluating on one worker", "locked_url", list.Flake.LockedURL)
-		return ws[0].Evaluate(ctx, req, progress)
+		res, err := ws[0].Evaluate(ctx, req, progress)
+		if errors.Is(err, protocol.ErrWorkerFault) {
+			err = &workerFaultError{id: ws[0].ID(), err: err}
+		}
+		return res, err
 	}
 
 	n := min(len(ws), len(attrs))
@@ -103,14 +129,22 @@ func (d *driver) evaluateSharded(ctx context.Context, log *slog.Logger, ws []*pr
 }
 
 // evaluateShard evaluates one shard on w, and on another connected worker
-// each time the one it runs on disconnects or declines the shard. A
-// declined shard waits a growing delay first and costs no attempt.
+// each time the one it runs on disconnects, cannot run nix, or declines
+// the shard. A declined shard waits a growing delay first and costs no
+// attempt. When no worker is left that could run nix, it returns a
+// *workerFaultError.
 func (d *driver) evaluateShard(ctx context.Context, log *slog.Logger, w *protocol.RemoteWorker, shard int, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
 	delay := d.cfg.RetryDelay
+	faulty := map[string]bool{}
 	for attempt, moves := 1, 1; ; moves++ {
 		res, err := w.Evaluate(ctx, req, progress)
 		declined := errors.Is(err, protocol.ErrJobDeclined)
-		if !declined && (!errors.Is(err, protocol.ErrWorkerGone) || attempt >= maxEvalAttempts) {
+		fault := errors.Is(err, protocol.ErrWorkerFault)
+		if fault {
+			faulty[w.ID()] = true
+			log.Warn("a worker could not run nix; moving its evaluation shard", "shard", shard, "worker_id", w.ID(), "err", err)
+		}
+		if !declined && !fault && (!errors.Is(err, protocol.ErrWorkerGone) || attempt >= maxEvalAttempts) {
 			if err != nil {
 				return res, fmt.Errorf("evaluate shard %d on worker %q: %w", shard, w.ID(), err)
 			}
@@ -128,6 +162,10 @@ func (d *driver) evaluateShard(ctx context.Context, log *slog.Logger, w *protoco
 		ws, werr := d.evalPool.wait(ctx)
 		if werr != nil {
 			return protocol.EvalResult{}, werr
+		}
+		ws = slices.DeleteFunc(ws, func(x *protocol.RemoteWorker) bool { return faulty[x.ID()] })
+		if len(ws) == 0 {
+			return protocol.EvalResult{}, &workerFaultError{id: w.ID(), err: err}
 		}
 		next := ws[(shard+moves)%len(ws)]
 		if !declined {
@@ -184,3 +222,16 @@ func isLocked(f protocol.LockedFlake) bool {
 	}
 	return false
 }
+
+// workerFaultError is an evaluation step that failed because its worker
+// could not run nix, see protocol.ErrWorkerFault.
+type workerFaultError struct {
+	id  string
+	err error
+}
+
+func (e *workerFaultError) Error() string {
+	return fmt.Sprintf("worker %q could not run nix: %v", e.id, e.err)
+}
+
+func (e *workerFaultError) Unwrap() error { return e.err }

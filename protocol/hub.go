@@ -31,6 +31,12 @@ var ErrWorkerGone = errors.New("worker disconnected")
 // not run: the node may offer it again, to this worker or another.
 var ErrJobDeclined = errors.New("worker declined the job")
 
+// ErrWorkerFault marks a job that failed because of the worker, such as a
+// nix binary that does not start, rather than because of what it ran. A
+// worker wraps it in the error of such a job, and a RemoteWorker returns
+// an error that wraps it, so the node can run the job elsewhere.
+var ErrWorkerFault = errors.New("worker fault")
+
 // HubConfig configures a Hub. NewHub copies it and fills in defaults.
 type HubConfig struct {
 	// Authenticate maps a worker's bearer token to its worker ID. It

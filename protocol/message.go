@@ -190,6 +190,9 @@ type JobError struct {
 	// BuildFailed is set when nix ran the builder and it failed, as
 	// opposed to a fault of the worker such as a missing nix binary.
 	BuildFailed bool `cbor:"build_failed,omitempty"`
+	// Fault is set when the job failed because of the worker, see
+	// ErrWorkerFault.
+	Fault bool `cbor:"fault,omitempty"`
 	// Message is nix's or the worker's message.
 	Message string `cbor:"message"`
 
@@ -199,6 +202,9 @@ type JobError struct {
 }
 
 func (e *JobError) Error() string { return e.Message }
+
+// Is makes a JobError with Fault match ErrWorkerFault.
+func (e *JobError) Is(target error) bool { return e.Fault && target == ErrWorkerFault }
 
 // PathQuery asks the other side which of Paths it holds: the node asks a
 // worker about its store, and a worker asks the node about its cache

@@ -458,7 +458,7 @@ func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bo
 	}
 	if err != nil {
 		result.Eval, result.Build = nil, nil
-		result.Error = &JobError{BuildFailed: IsBuildError(err), Message: err.Error()}
+		result.Error = &JobError{BuildFailed: IsBuildError(err), Fault: errors.Is(err, ErrWorkerFault), Message: err.Error()}
 		var be *BuildError
 		if errors.As(err, &be) {
 			result.Error.Message = be.Message

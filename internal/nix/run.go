@@ -94,11 +94,19 @@ func (c *Client) run(ctx context.Context, cmd command) error {
 	if errors.As(err, &exitErr) {
 		return &Error{Command: cmd.name, ExitCode: exitErr.ExitCode(), Message: ErrorMessage(tail.Bytes())}
 	}
+	if err != nil && proc.Process == nil {
+		return fmt.Errorf("run %s: %w: %w", cmd.name, ErrNotStarted, err)
+	}
 	if err != nil {
 		return fmt.Errorf("run %s: %w", cmd.name, err)
 	}
 	return nil
 }
+
+// ErrNotStarted is wrapped by the error of a command whose nix process
+// could not be started, such as a binary that is missing or not
+// executable.
+var ErrNotStarted = errors.New("nix could not be started")
 
 // runOutput runs cmd and returns its stdout, at most maxJSONOutput bytes.
 func (c *Client) runOutput(ctx context.Context, cmd command) ([]byte, error) {

@@ -34,6 +34,11 @@ var errUploadEnded = errors.New("NAR upload ended before the dump")
 // evaluated it, is substituted by nix from the substituters before the
 // build, so the node's cache must hold it.
 func (w *Worker) Build(ctx context.Context, req protocol.BuildRequest, log io.Writer, nars protocol.NARSink) (protocol.BuildResult, error) {
+	res, err := w.build(ctx, req, log, nars)
+	return res, markFault(err)
+}
+
+func (w *Worker) build(ctx context.Context, req protocol.BuildRequest, log io.Writer, nars protocol.NARSink) (protocol.BuildResult, error) {
 	release, err := w.acquire(ctx)
 	if err != nil {
 		return protocol.BuildResult{}, err

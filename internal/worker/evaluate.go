@@ -43,6 +43,11 @@ var ErrNoEntryPoints = errors.New("no entry point patterns")
 // the worker, or a cancelled ctx. With req.ListOnly it stops after listing
 // the matching attributes, whose DrvPath stays empty.
 func (w *Worker) Evaluate(ctx context.Context, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
+	res, err := w.evaluate(ctx, req, progress)
+	return res, markFault(err)
+}
+
+func (w *Worker) evaluate(ctx context.Context, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
 	if progress == nil {
 		progress = io.Discard
 	}

@@ -271,6 +271,24 @@ func TestEvaluateRejectsBadPatterns(t *testing.T) {
 	}
 }
 
+// TestMissingNixIsWorkerFault checks that a job whose nix cannot start
+// reports a fault of the worker, which the node runs elsewhere, rather
+// than a failed evaluation or build.
+func TestMissingNixIsWorkerFault(t *testing.T) {
+	w, err := New(Config{NixBinary: "/nonexistent/nix"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = w.Evaluate(t.Context(), protocol.EvalRequest{FlakeRef: "path:/srv", EntryPoints: []string{"packages.*.*"}}, nil)
+	if !errors.Is(err, protocol.ErrWorkerFault) {
+		t.Errorf("Evaluate with a missing nix = %v, want ErrWorkerFault", err)
+	}
+	_, err = w.Build(t.Context(), protocol.BuildRequest{DrvPath: "/nix/store/00000000000000000000000000000000-x.drv"}, io.Discard, &narSink{})
+	if !errors.Is(err, protocol.ErrWorkerFault) || protocol.IsBuildError(err) {
+		t.Errorf("Build with a missing nix = %v, want ErrWorkerFault and no build error", err)
+	}
+}
+
 func TestJobSlots(t *testing.T) {
 	w, err := New(Config{NixBinary: "/nonexistent/nix", MaxJobs: 1}, nil)
 	if err != nil {

@@ -148,3 +148,13 @@ func nixMessage(err error) (string, bool) {
 	}
 	return "", false
 }
+
+// markFault marks an error of a job whose nix could not be started as a
+// fault of the worker, so that the node runs the job elsewhere instead of
+// failing it.
+func markFault(err error) error {
+	if errors.Is(err, nix.ErrNotStarted) && !errors.Is(err, protocol.ErrWorkerFault) {
+		return fmt.Errorf("%w (%w)", err, protocol.ErrWorkerFault)
+	}
+	return err
+}
