@@ -121,7 +121,7 @@ func (n *Node) fetchInClosure(ctx context.Context, hashPart, storePath string, s
 				return id, nil
 			case errors.Is(err, ErrBadData):
 				n.metrics.fetches.WithLabelValues(fetchBadData).Inc()
-				n.block(id)
+				n.block(id, errors.Is(err, narinfo.ErrNoTrustedSignature))
 				logger.Warn("blocked a peer that served bad data", "remote_peer_id", id.String(), "error", err)
 			case errors.Is(err, errSink):
 				n.metrics.fetches.WithLabelValues(fetchError).Inc()
@@ -231,13 +231,25 @@ func missingReferences(ctx context.Context, info *narinfo.NarInfo, sink protocol
 	return missing, nil
 }
 
-func (n *Node) block(id peer.ID) {
+// block keeps id out of the candidates for BlockDuration. unsigned says
+// that its narinfo had no signature by a member's key, which a change of
+// the federation's keys may cure, see SetFederation.
+func (n *Node) block(id peer.ID, unsigned bool) {
 	now := n.cfg.Now()
 
 	n.mu.Lock()
 	defer n.mu.Unlock()
 
 	n.blocklist.Block(string(id), now)
+	if unsigned {
+		if n.unsignedBlocks == nil {
+			n.unsignedBlocks = map[peer.ID]bool{}
+		}
+		n.unsignedBlocks[id] = true
+	} else {
+		// Bad bytes weigh more than a missing key: the block stays.
+		delete(n.unsignedBlocks, id)
+	}
 }
 
 // fetchFrom requests hashPart from one peer and streams it into sink.

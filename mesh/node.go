@@ -107,6 +107,9 @@ type Node struct {
 	// extraPeers are the peers that AddPeer added, dialled again like
 	// the bootstrap peers.
 	extraPeers []peer.AddrInfo
+	// unsignedBlocks lists the blocked peers whose last offence was a
+	// narinfo without a member's signature.
+	unsignedBlocks map[peer.ID]bool
 	// rejectLogged is when the gater last logged a rejected non-member,
 	// by peer ID, so that each is logged about once per
 	// rejectLogInterval.
@@ -296,17 +299,22 @@ func (n *Node) Federation() *federation.Federation { return n.federation.Load() 
 // SetFederation replaces the federation, such as after the federation
 // file changed. Connections to peers that are no longer members are
 // closed, and the upstreams of Config.Upstreams are probed again. When
-// the members' keys changed, blocked peers are given another chance: a
-// missing or wrong key makes a member's narinfos fail verification,
-// which blocks the member like bad data does.
+// the members' keys changed, peers blocked for a narinfo without a
+// member's signature are given another chance: a missing or wrong key
+// makes a member's narinfos fail verification. Peers blocked for bad
+// bytes stay blocked.
 func (n *Node) SetFederation(f *federation.Federation) {
 	old := n.federation.Swap(f)
 	if old != nil && !sameKeys(old.Keys(), f.Keys()) {
 		n.mu.Lock()
-		lifted := n.blocklist.Clear()
+		lifted := len(n.unsignedBlocks)
+		for id := range n.unsignedBlocks {
+			n.blocklist.Unblock(string(id))
+		}
+		clear(n.unsignedBlocks)
 		n.mu.Unlock()
 		if lifted > 0 {
-			n.logger.Info("the federation's keys changed, so blocked peers are tried again", "peers", lifted)
+			n.logger.Info("the federation's keys changed, so peers blocked for unsigned narinfos are tried again", "peers", lifted)
 		}
 	}
 

@@ -280,10 +280,10 @@ func TestAnnouncePathsRejectsInvalidPath(t *testing.T) {
 
 // TestTrustLiftsBlocks checks that a member blocked because its narinfos
 // were signed by a key the federation lacked is tried again once the key
-// is trusted.
+// is trusted, while a member blocked for tampered bytes stays blocked.
 func TestTrustLiftsBlocks(t *testing.T) {
-	m := newTestMesh(t, 2, meshOptions{})
-	a, c := m.nodes[0], m.nodes[1]
+	m := newTestMesh(t, 3, meshOptions{})
+	a, bad, c := m.nodes[0], m.nodes[1], m.nodes[2]
 
 	other := newMemCache(t, "a-other-1")
 	p := storePath("new-key")
@@ -291,18 +291,27 @@ func TestTrustLiftsBlocks(t *testing.T) {
 	if _, err := c.Fetch(context.Background(), p, c.cache, a.ID()); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Fetch(path signed by an unknown key) = %v, want ErrNotFound", err)
 	}
-	if n := c.Stats().BlockedPeers; n != 1 {
-		t.Fatalf("C's BlockedPeers = %d, want 1", n)
+	tampered := storePath("tampered")
+	bad.cache.put(tampered, []byte("good bytes"), nil, bad.cache.key)
+	bad.cache.tamper(tampered)
+	if _, err := c.Fetch(context.Background(), tampered, c.cache, bad.ID()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Fetch(tampered path) = %v, want ErrNotFound", err)
+	}
+	if n := c.Stats().BlockedPeers; n != 2 {
+		t.Fatalf("C's BlockedPeers = %d, want 2", n)
 	}
 
 	org, _ := c.Federation().OrgOf(a.ID())
 	if _, err := c.Trust(org, a.ID(), other.pub); err != nil {
 		t.Fatal(err)
 	}
-	if n := c.Stats().BlockedPeers; n != 0 {
-		t.Errorf("C's BlockedPeers after trusting the key = %d, want 0", n)
+	if n := c.Stats().BlockedPeers; n != 1 {
+		t.Errorf("C's BlockedPeers after trusting the key = %d, want 1, the tampering peer", n)
 	}
 	if from, err := c.Fetch(context.Background(), p, c.cache, a.ID()); err != nil || from != a.ID() {
 		t.Errorf("Fetch after trusting the key = %s, %v, want A", from, err)
+	}
+	if ranked := c.rank([]peer.ID{bad.ID()}); len(ranked) != 0 {
+		t.Errorf("rank(tampering peer) after the key change = %v, want it still blocked", ranked)
 	}
 }

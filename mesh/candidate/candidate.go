@@ -99,12 +99,9 @@ func (b *Blocklist) Filter(candidates []Candidate, now time.Time) []Candidate {
 	return slices.DeleteFunc(candidates, func(c Candidate) bool { return b.Blocked(c.Peer, now) })
 }
 
-// Clear lifts every block and returns how many peers were blocked or
-// waiting to be forgotten.
-func (b *Blocklist) Clear() int {
-	n := len(b.until)
-	clear(b.until)
-	return n
+// Unblock lifts the block of peer, if any.
+func (b *Blocklist) Unblock(peer string) {
+	delete(b.until, peer)
 }
 
 // Len returns the number of peers blocked or waiting to be forgotten.
