@@ -83,3 +83,22 @@ func FuzzParseVersion(f *testing.F) {
 		ParseVersion(output)
 	})
 }
+
+func FuzzParseSystemFeatures(f *testing.F) {
+	addTestdata(f, "show-config-*.json")
+	f.Add([]byte(`{"system-features": {"value": "kvm big-parallel"}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		features, err := ParseSystemFeatures(data)
+		if err != nil {
+			return
+		}
+		if len(features) > 64 {
+			t.Errorf("ParseSystemFeatures gave %d features, want at most 64", len(features))
+		}
+		for _, feature := range features {
+			if feature == "" || len(feature) > 256 {
+				t.Errorf("ParseSystemFeatures gave feature %q, want 1 to 256 bytes", feature)
+			}
+		}
+	})
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -378,5 +379,22 @@ func TestClientClosureInfo(t *testing.T) {
 	}
 	if _, err := c.ClosureInfo(ctx, drvPath); err == nil {
 		t.Errorf("ClosureInfo(%s) = nil error, want .drv rejected", drvPath)
+	}
+}
+
+// TestSystemFeatures reads nix's system-features, which include the
+// extra-system-features a client passes.
+func TestSystemFeatures(t *testing.T) {
+	requireNix(t)
+	c, err := New(Config{Binary: "nix", ExtraOptions: []Option{{Name: "extra-system-features", Value: "gradient-test"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	features, err := c.SystemFeatures(t.Context())
+	if err != nil {
+		t.Fatalf("SystemFeatures() = %v", err)
+	}
+	if !slices.Contains(features, "gradient-test") {
+		t.Errorf("SystemFeatures() = %q, want gradient-test among them", features)
 	}
 }

@@ -371,3 +371,30 @@ func TestQuoteString(t *testing.T) {
 		}
 	}
 }
+
+func TestParseSystemFeatures(t *testing.T) {
+	nix28, err := os.ReadFile("testdata/show-config-2.8.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		data string
+		want []string
+	}{
+		{"nix 2.8", string(nix28), []string{"benchmark", "big-parallel", "kvm", "nixos-test"}},
+		{"string value", `{"system-features": {"value": "kvm  big-parallel kvm"}}`, []string{"kvm", "big-parallel"}},
+		{"empty list", `{"system-features": {"value": []}}`, []string{}},
+	}
+	for _, tt := range tests {
+		got, err := ParseSystemFeatures([]byte(tt.data))
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("ParseSystemFeatures(%s) = %q, %v, want %q", tt.name, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{`[]`, `{}`, `{"system-features": {"value": 3}}`, `not json`} {
+		if _, err := ParseSystemFeatures([]byte(bad)); err == nil {
+			t.Errorf("ParseSystemFeatures(%s) = nil error, want an error", bad)
+		}
+	}
+}
