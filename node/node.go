@@ -303,10 +303,17 @@ func (n *Node) localWorker(ctx context.Context, records *db.DB, cacheURL, public
 		storeDir = "/nix/store"
 	}
 	system := worker.NativeSystem()
+	featuresCtx, cancel := context.WithTimeout(ctx, nixVersionTimeout)
+	features, err := w.Nix().SystemFeatures(featuresCtx)
+	cancel()
+	if err != nil {
+		n.log.Warn("reading nix's system-features failed, so the in-process worker announces none", "err", err)
+	}
 	n.log.Info("in-process worker started", "nix", nixBin, "nix_version", version.String(), "store", n.cfg.WorkerStore,
-		"system", system, "max_jobs", n.cfg.WorkerMaxJobs)
+		"system", system, "features", strings.Join(features, ","), "max_jobs", n.cfg.WorkerMaxJobs)
 	return &protocol.ServeConfig{
 		Systems:  []string{system},
+		Features: features,
 		MaxJobs:  n.cfg.WorkerMaxJobs,
 		Setup:    func(context.Context, *protocol.Welcome) (protocol.Worker, error) { return w, nil },
 		SpoolDir: spoolDir,

@@ -69,9 +69,9 @@ const unsupportedFlake = `{ outputs = { self }: let
   native = mk "x86_64-linux" "native" [ ] { };
   arm = mk "aarch64-linux" "arm" [ ] { };
   afterArm = mk "aarch64-linux" "after-arm" [ arm ] { };
-  kvm = mk "x86_64-linux" "needs-kvm" [ ] { requiredSystemFeatures = [ "kvm" ]; };
-  afterKvm = mk "x86_64-linux" "after-kvm" [ kvm native ] { };
-in { packages.x86_64-linux = { inherit native arm afterArm kvm afterKvm; }; }; }`
+  feature = mk "x86_64-linux" "needs-feature" [ ] { requiredSystemFeatures = [ "gradient-none" ]; };
+  afterFeature = mk "x86_64-linux" "after-feature" [ feature native ] { };
+in { packages.x86_64-linux = { inherit native arm afterArm feature afterFeature; }; }; }`
 
 // TestUnsupportedBuildsFail evaluates a flake with builds no worker can
 // run, with --unsupported-timeout 0: they fail at once, their dependents
@@ -101,8 +101,8 @@ func TestUnsupportedBuildsFail(t *testing.T) {
 		"native":    {"succeeded", ""},
 		"arm":       {"failed", "no worker for system aarch64-linux: connect a worker that has it, then evaluate again"},
 		"after-arm": {"dependency_failed", ""},
-		"needs-kvm": {"failed", "no worker for system x86_64-linux with features [kvm]: connect a worker that has them, then evaluate again"},
-		"after-kvm": {"dependency_failed", ""},
+		"needs-feature": {"failed", "no worker for system x86_64-linux with features [gradient-none]: connect a worker that has them, then evaluate again"},
+		"after-feature": {"dependency_failed", ""},
 	}
 	for name, w := range want {
 		b := byName[name]

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/gradient-ci/gradient/internal/nix"
 	"github.com/gradient-ci/gradient/protocol"
@@ -23,8 +24,8 @@ type RemoteConfig struct {
 	// Worker configures nix. Its Substituters and TrustedPublicKeys are
 	// replaced by the node's cache, which the node names in its Welcome.
 	Worker Config
-	// Systems default to NativeSystem; Features default to none. Nix gets
-	// Features as extra-system-features.
+	// Systems default to NativeSystem. Features default to nix's own
+	// system-features; given ones go to nix as extra-system-features.
 	Systems  []string
 	Features []string
 	// SpoolDir holds compressed NARs while they upload. Default the
@@ -66,6 +67,9 @@ func RunRemote(ctx context.Context, cfg RemoteConfig, logger *slog.Logger) error
 	storeDir := cfg.Worker.StoreDir
 	if storeDir == "" {
 		storeDir = "/nix/store"
+	}
+	if len(cfg.Features) == 0 {
+		cfg.Features = DetectFeatures(ctx, cfg.Worker, logger)
 	}
 
 	// The node's Welcome names its cache and key, so the nix client is
@@ -111,6 +115,26 @@ func RunRemote(ctx context.Context, cfg RemoteConfig, logger *slog.Logger) error
 			Logger:   logger,
 		},
 	})
+}
+
+// DetectFeatures returns the system-features of the nix that cfg runs,
+// for a worker to announce when it is given none. It logs and returns
+// none when nix cannot tell, so builds that need a feature then wait for
+// another worker.
+func DetectFeatures(ctx context.Context, cfg Config, logger *slog.Logger) []string {
+	probe, err := New(cfg, logger)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		var features []string
+		features, err = probe.Nix().SystemFeatures(ctx)
+		if err == nil {
+			logger.Info("announcing nix's system features", "features", strings.Join(features, ","))
+			return features
+		}
+	}
+	logger.Warn("reading nix's system-features failed, so this worker announces none; pass them with --features", "err", err)
+	return nil
 }
 
 // NativeSystem returns the Nix system string of this machine, such as
