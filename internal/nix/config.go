@@ -31,8 +31,8 @@ func (c *Client) SystemFeatures(ctx context.Context) ([]string, error) {
 
 // ParseSystemFeatures reads system-features from the JSON of `nix
 // show-config --json`: an object of settings, each with its "value",
-// which is a list of strings in Nix 2.4 and later. A value given as one
-// space-separated string is accepted too.
+// which is a list of strings in Nix 2.8 (testdata/show-config-2.8.json).
+// A value given as one space-separated string is accepted too.
 func ParseSystemFeatures(data []byte) ([]string, error) {
 	var settings map[string]struct {
 		Value json.RawMessage `json:"value"`
