@@ -174,6 +174,7 @@ type scriptRunner struct {
 //	remove-worker ID
 //	away WORKER                     the worker keeps its jobs, gets no new ones
 //	back WORKER
+//	reserve WORKER DELTA            slots taken by work outside the scheduler
 //	graph EVAL [project=P]          input lines: PATH [<- IN...] [key=value...] [cached]
 //	                                keys: system, features, name, size, outputs,
 //	                                peer-eta (a duration after now)
@@ -213,6 +214,11 @@ func (r *scriptRunner) runCommand(command string, input []string) []string {
 		decisions, err = r.s.SetWorkerAway(args[0], true, r.now)
 	case "back":
 		decisions, err = r.s.SetWorkerAway(args[0], false, r.now)
+	case "reserve":
+		var delta int
+		if delta, err = strconv.Atoi(args[1]); err == nil {
+			decisions, err = r.s.ReserveSlots(args[0], delta, r.now)
+		}
 	case "graph":
 		var g Graph
 		if g, err = parseGraph(args, input, r.now); err == nil {

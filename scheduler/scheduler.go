@@ -184,6 +184,24 @@ func (s *Scheduler) SetWorkerAway(id string, away bool, now time.Time) ([]Decisi
 	return s.take(), nil
 }
 
+// ReserveSlots changes by delta the number of a worker's slots that work
+// outside the scheduler takes, such as an evaluation the worker runs, so
+// that builds go to other workers meanwhile. The count never drops below
+// zero.
+func (s *Scheduler) ReserveSlots(id string, delta int, now time.Time) ([]Decision, error) {
+	i, found := slices.BinarySearchFunc(s.workers, id, func(x *worker, id string) int {
+		return cmp.Compare(x.ID, id)
+	})
+	if !found {
+		return nil, fmt.Errorf("reserve slots of worker %q: %w", id, ErrUnknownWorker)
+	}
+	w := s.workers[i]
+	w.reserved = max(0, w.reserved+delta)
+
+	s.dispatch(now)
+	return s.take(), nil
+}
+
 // ReportStore replaces the Scheduler's record of a worker's store with
 // paths, the store paths the worker reports it contains. Placement prefers
 // workers that hold a job's inputs. The Scheduler adds the outputs of the

@@ -111,6 +111,8 @@ type worker struct {
 	// away is set while the worker's connection is down and its jobs
 	// wait for it: it keeps its jobs but gets no new ones.
 	away bool
+	// reserved counts slots that other work, such as evaluations, takes.
+	reserved int
 	jobs    []*job
 	// store contains the store paths ReportStore listed and the drv paths
 	// whose outputs the worker built or fetched for an assigned job.
@@ -166,7 +168,7 @@ func (w *worker) free() int {
 	if w.away {
 		return 0
 	}
-	return w.Slots - w.running
+	return max(0, w.Slots-w.running-w.reserved)
 }
 
 // hasOutputs reports whether the worker's store holds every output of d.
