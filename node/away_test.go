@@ -215,3 +215,37 @@ func TestEvaluationMovesOffFaultyWorker(t *testing.T) {
 		}
 	})
 }
+
+// TestEvaluationReservesSlot checks that the scheduler counts a worker's
+// slot as taken while the worker evaluates, and free again afterwards.
+func TestEvaluationReservesSlot(t *testing.T) {
+	res := graphResult(testDrv{name: "a"})
+	started := make(chan struct{})
+	release := make(chan struct{})
+	w := &fakeWorker{
+		evaluate: func(context.Context, protocol.EvalRequest) (protocol.EvalResult, error) {
+			close(started)
+			<-release
+			return res, nil
+		},
+		build: func(_ context.Context, req protocol.BuildRequest, _ io.Writer) (protocol.BuildResult, error) {
+			return builtResult(req), nil
+		},
+	}
+	h := newHarness(t, driverConfig{})
+	h.connect("w1", w, protocol.ServeConfig{})
+	reserved := func() int {
+		n := 0
+		h.run(func(context.Context) { n = h.drv.reserved["w1"] })
+		return n
+	}
+
+	id := h.evaluate("reserve")
+	<-started
+	h.waitFor("w1's slot reserved", func() bool { return reserved() == 1 })
+	close(release)
+	h.waitStatus(id, db.EvalSucceeded)
+	if n := reserved(); n != 0 {
+		t.Errorf("reserved slots of w1 after the evaluation = %d, want 0", n)
+	}
+}

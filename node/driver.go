@@ -67,6 +67,8 @@ type driver struct {
 	evalPool *workerPool
 	// away lists the workers whose jobs wait for them to reconnect.
 	away awayWorkers
+	// reservations counts the evaluations running on each worker.
+	reservations slotReservations
 	// mesh is set by startMesh before Run, and nil without the mesh.
 	mesh *meshLink
 
@@ -76,9 +78,12 @@ type driver struct {
 	workers map[string]*protocol.RemoteWorker
 	// links follows each worker that the scheduler counts, connected or
 	// away, by ID.
-	links  map[string]*workerLink
-	active map[uint64]*activeEval
-	jobs   map[string]context.CancelFunc
+	links map[string]*workerLink
+	// reserved is the number of slots of each worker that the scheduler
+	// counts as taken by evaluations, see syncReservations.
+	reserved map[string]int
+	active   map[uint64]*activeEval
+	jobs     map[string]context.CancelFunc
 	// faults keeps the last worker fault, as opposed to a failed builder,
 	// of each derivation, for the build record if the scheduler gives up
 	// on it after too many attempts.
@@ -147,6 +152,7 @@ func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, cfg d
 		sched:       sched,
 		workers:     map[string]*protocol.RemoteWorker{},
 		links:       map[string]*workerLink{},
+		reserved:    map[string]int{},
 		active:      map[uint64]*activeEval{},
 		jobs:        map[string]context.CancelFunc{},
 		faults:      map[string]string{},
@@ -203,6 +209,7 @@ func (d *driver) Run(ctx context.Context) error {
 // too long for a worker and stores the build time estimates when they are
 // due. Called on the Run goroutine.
 func (d *driver) tick(ctx context.Context) {
+	d.syncReservations(ctx)
 	d.apply(ctx, d.sched.Tick(d.now()))
 	d.expireUnsupported(ctx)
 	if d.now().Sub(d.historySaved) >= d.cfg.HistoryInterval {

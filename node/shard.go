@@ -40,7 +40,7 @@ func (d *driver) runEvaluation(ctx context.Context, log *slog.Logger, req protoc
 		}
 		var res protocol.EvalResult
 		if len(ws) == 1 {
-			res, err = ws[0].Evaluate(ctx, req, progress)
+			res, err = d.evaluateOn(ctx, ws[0], req, progress)
 			if errors.Is(err, protocol.ErrWorkerFault) {
 				err = &workerFaultError{id: ws[0].ID(), err: err}
 			}
@@ -76,7 +76,7 @@ func (d *driver) runEvaluation(ctx context.Context, log *slog.Logger, req protoc
 func (d *driver) evaluateSharded(ctx context.Context, log *slog.Logger, ws []*protocol.RemoteWorker, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
 	listReq := req
 	listReq.ListOnly = true
-	list, err := ws[0].Evaluate(ctx, listReq, progress)
+	list, err := d.evaluateOn(ctx, ws[0], listReq, progress)
 	if errors.Is(err, protocol.ErrWorkerFault) {
 		return protocol.EvalResult{}, &workerFaultError{id: ws[0].ID(), err: err}
 	}
@@ -96,7 +96,7 @@ func (d *driver) evaluateSharded(ctx context.Context, log *slog.Logger, ws []*pr
 	// git tree is not: everything is evaluated on the worker that listed.
 	if !isLocked(list.Flake) {
 		log.Info("flake source is not locked: evaluating on one worker", "locked_url", list.Flake.LockedURL)
-		res, err := ws[0].Evaluate(ctx, req, progress)
+		res, err := d.evaluateOn(ctx, ws[0], req, progress)
 		if errors.Is(err, protocol.ErrWorkerFault) {
 			err = &workerFaultError{id: ws[0].ID(), err: err}
 		}
@@ -137,7 +137,7 @@ func (d *driver) evaluateShard(ctx context.Context, log *slog.Logger, w *protoco
 	delay := d.cfg.RetryDelay
 	faulty := map[string]bool{}
 	for attempt, moves := 1, 1; ; moves++ {
-		res, err := w.Evaluate(ctx, req, progress)
+		res, err := d.evaluateOn(ctx, w, req, progress)
 		declined := errors.Is(err, protocol.ErrJobDeclined)
 		fault := errors.Is(err, protocol.ErrWorkerFault)
 		if fault {
@@ -235,3 +235,62 @@ func (e *workerFaultError) Error() string {
 }
 
 func (e *workerFaultError) Unwrap() error { return e.err }
+
+// evaluateOn runs req on w while the scheduler counts one of w's slots as
+// taken, so that builds go to other workers meanwhile instead of being
+// declined by w.
+func (d *driver) evaluateOn(ctx context.Context, w *protocol.RemoteWorker, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
+	d.reservations.add(w.ID(), 1)
+	_ = d.post(ctx, d.syncReservations)
+	defer func() {
+		d.reservations.add(w.ID(), -1)
+		// When ctx has ended, tick applies the release.
+		_ = d.post(ctx, d.syncReservations)
+	}()
+	return w.Evaluate(ctx, req, progress)
+}
+
+// slotReservations counts the evaluations that run on each worker. The
+// evaluation goroutines change it, and the Run goroutine hands the counts
+// to the scheduler, so it has a lock of its own.
+type slotReservations struct {
+	mu   sync.Mutex
+	want map[string]int
+}
+
+func (r *slotReservations) add(id string, delta int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.want == nil {
+		r.want = map[string]int{}
+	}
+	r.want[id] += delta
+	if r.want[id] <= 0 {
+		delete(r.want, id)
+	}
+}
+
+func (r *slotReservations) get(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.want[id]
+}
+
+// syncReservations passes to the scheduler how many slots of each building
+// worker its evaluations take. Called on the Run goroutine.
+func (d *driver) syncReservations(ctx context.Context) {
+	for id := range d.links {
+		want := d.reservations.get(id)
+		delta := want - d.reserved[id]
+		if delta == 0 {
+			continue
+		}
+		decisions, err := d.sched.ReserveSlots(id, delta, d.now())
+		if err != nil {
+			d.log.Error("scheduler could not reserve worker slots", "worker_id", id, "err", err)
+			continue
+		}
+		d.reserved[id] = want
+		d.apply(ctx, decisions)
+	}
+}

@@ -130,6 +130,7 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 		d.links[w.ID()] = newWorkerLink(w)
 		d.pruneUnsupported()
 		d.apply(ctx, decisions)
+		d.syncReservations(ctx)
 		d.queryStores(ctx, []*protocol.RemoteWorker{w})
 	})
 }
@@ -192,6 +193,7 @@ func (d *driver) workerRevoked(ctx context.Context, id string) {
 func (d *driver) removeWorker(ctx context.Context, l *workerLink, reason string) {
 	l.remove()
 	d.away.clear(l.id)
+	delete(d.reserved, l.id)
 	delete(d.links, l.id)
 	delete(d.workers, l.id)
 	decisions, err := d.sched.RemoveWorker(l.id, d.now())
