@@ -93,6 +93,10 @@ type Result struct {
 	// rate, an extrapolation.
 	AnnounceRatePerNode float64
 	Announce100k        time.Duration
+	// AnnounceCPU is the CPU time the whole process used while the
+	// paths were announced, zero where the system does not report it.
+	// Divided by AnnounceTime it gives the cores kept busy.
+	AnnounceCPU time.Duration
 	// Lookup latencies of the lookups that found a provider.
 	LookupP50, LookupP95, LookupMax time.Duration
 	// LookupFailures counts lookups that found no provider.
@@ -115,12 +119,12 @@ func (r Result) String() string {
 	o := r.Options
 	return fmt.Sprintf(`nodes=%d degree=%d latency=%s paths=%d providers=%d lookups=%d builds=%d announce_concurrency=%d
 setup=%s
-announce: %d paths in %s, %.0f records/s in total, %.1f records/s per node, 100k paths on one node in about %s
+announce: %d paths in %s, %.0f records/s in total, %.1f records/s per node, 100k paths on one node in about %s, cpu=%s (%.2f cores)
 lookup: p50=%s p95=%s max=%s failures=%d queries/lookup=%.1f hops=%.2f
 build announcement to every node: p50=%s p95=%s max=%s missing=%d`,
 		o.Nodes, o.Degree, o.Latency, o.Paths, o.Providers, o.Lookups, o.Builds, o.AnnounceConcurrency,
 		r.Setup.Round(time.Millisecond),
-		o.Paths, r.AnnounceTime.Round(time.Millisecond), r.AnnounceRate, r.AnnounceRatePerNode, r.Announce100k.Round(time.Second),
+		o.Paths, r.AnnounceTime.Round(time.Millisecond), r.AnnounceRate, r.AnnounceRatePerNode, r.Announce100k.Round(time.Second), r.AnnounceCPU.Round(time.Millisecond), r.AnnounceCPU.Seconds()/r.AnnounceTime.Seconds(),
 		r.LookupP50.Round(time.Millisecond), r.LookupP95.Round(time.Millisecond), r.LookupMax.Round(time.Millisecond), r.LookupFailures, r.QueriesPerLookup, r.Hops,
 		r.SpreadP50.Round(time.Millisecond), r.SpreadP95.Round(time.Millisecond), r.SpreadMax.Round(time.Millisecond), r.SpreadMissing)
 }
@@ -290,7 +294,7 @@ func (s *sim) announce(ctx context.Context, result *Result) ([]announced, error)
 
 	out := make([]announced, len(paths))
 
-	start := time.Now()
+	start, startCPU := time.Now(), processCPU()
 	for i, path := range paths {
 		provider := providers[i%len(providers)]
 		out[i] = announced{path: path, provider: provider}
@@ -318,6 +322,7 @@ func (s *sim) announce(ctx context.Context, result *Result) ([]announced, error)
 	}
 
 	result.AnnounceTime = time.Since(start)
+	result.AnnounceCPU = processCPU() - startCPU
 	result.AnnounceRate = float64(len(paths)) / result.AnnounceTime.Seconds()
 	result.AnnounceRatePerNode = result.AnnounceRate / float64(len(providers))
 	result.Announce100k = time.Duration(100_000 / result.AnnounceRatePerNode * float64(time.Second))
