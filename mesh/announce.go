@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/gradient-ci/gradient/cache/narinfo"
-	"github.com/gradient-ci/gradient/mesh/wire"
 )
 
 // AnnouncePaths adds store paths of the local cache to the announce
@@ -148,11 +147,4 @@ func (n *Node) announceWorker(ctx context.Context, keys <-chan string) {
 		n.metrics.announced.Inc()
 		n.announced.Add(1)
 	}
-}
-
-func (n *Node) provide(ctx context.Context, hashPart string) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.AnnounceTimeout)
-	defer cancel()
-
-	return n.dht.Provide(ctx, wire.PathKey(hashPart), true)
 }

@@ -29,6 +29,7 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/control"
@@ -95,6 +96,19 @@ type Node struct {
 	tracer    meshTracer
 	// announced counts published provider records, for Stats.
 	announced atomic.Int64
+	// messenger sends ADD_PROVIDER messages with the DHT's streams.
+	messenger *pb.ProtocolMessenger
+	// memberKeys caches the Kademlia IDs of the federation's peers.
+	memberKeys atomic.Pointer[memberKeys]
+
+	// resolveMu guards the fields below, which track the DHT lookups of
+	// members that the node has no address for.
+	resolveMu sync.Mutex
+	// resolving holds a channel per lookup in progress, closed when it
+	// ends.
+	resolving map[peer.ID]chan struct{}
+	// resolveFailed is when a member's last lookup failed.
+	resolveFailed map[peer.ID]time.Time
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -152,6 +166,9 @@ func New(cfg Config) (*Node, error) {
 		board:     progress.NewBoard(),
 		blocklist: candidate.Blocklist{Duration: cfg.BlockDuration},
 		ownBuilds: map[string]time.Time{},
+
+		resolving:     map[peer.ID]chan struct{}{},
+		resolveFailed: map[peer.ID]time.Time{},
 	}
 	n.federationChanged = make(chan struct{}, 1)
 	n.federation.Store(cfg.Federation)
@@ -197,6 +214,13 @@ func (n *Node) start() error {
 	)
 	if err != nil {
 		cancel()
+		return fmt.Errorf("start DHT: %w", err)
+	}
+
+	n.messenger, err = pb.NewProtocolMessenger(n.dht.MessageSender())
+	if err != nil {
+		cancel()
+		n.dht.Close()
 		return fmt.Errorf("start DHT: %w", err)
 	}
 
