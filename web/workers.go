@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -82,6 +83,10 @@ func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	token, err := s.cfg.Workers.Register(r.Context(), req.Name)
+	if errors.Is(err, db.ErrExists) {
+		writeError(w, http.StatusConflict, "%v: revoke it first with 'gradient worker revoke %s', or pick another name", err, req.Name)
+		return
+	}
 	if err != nil {
 		s.writeDBError(w, r, err)
 		return

@@ -227,6 +227,9 @@ func TestRemoteWorkers(t *testing.T) {
 		procs[name] = startWorker(t, n, name, token, "--max-jobs", "2")
 	}
 	waitWorkers(t, n, names...)
+	if _, stderr, code := n.cli("worker", "register", "w1"); code == 0 || !strings.Contains(stderr, "gradient worker revoke w1") {
+		t.Errorf("worker register of a taken name: exit %d, %q; want an error that says how to free the name", code, stderr)
+	}
 
 	const fanWidth = 12
 	n.mustCLI("project", "create", "demo/remote", "--flake", writeFlake(t, remoteFlake(fanWidth, 0)), "--entry-points", "packages.*.*")
