@@ -235,8 +235,10 @@ func (d *driver) buildOnLink(ctx context.Context, log *slog.Logger, link *worker
 			return res, err
 		}
 		stale = w
-		log.Info("connection to the worker ended during the build; offering it again if the worker reconnects within its lease",
-			"drv_path", drvPath, "err", err)
+		if w.Dropped() {
+			log.Info("connection to the worker dropped during the build; offering it again if the worker reconnects within its lease",
+				"drv_path", drvPath, "err", err)
+		}
 	}
 }
 
