@@ -91,6 +91,8 @@ type driver struct {
 	// unsupported maps each derivation that waits for a worker with its
 	// system and features to when the wait started.
 	unsupported map[string]time.Time
+	// started is when Run started.
+	started time.Time
 	// historySaved is when the build time estimates were last stored.
 	historySaved time.Time
 	// settling is set while apply ends evaluations, so that the apply
@@ -185,6 +187,7 @@ func (d *driver) post(ctx context.Context, fn func(context.Context)) error {
 // goroutine has exited. Work cut off by the cancellation stays in the
 // database as unfinished and is resumed by the next Run.
 func (d *driver) Run(ctx context.Context) error {
+	d.started = d.now()
 	if err := d.resume(ctx); err != nil {
 		return err
 	}

@@ -26,7 +26,13 @@ func (d *driver) noteNoWorker(drvPath string) {
 	d.unsupported[drvPath] = d.now()
 	system, features := d.platform(drvPath)
 	timeout := max(d.cfg.UnsupportedTimeout, 0)
-	d.log.Warn("no connected worker has the system and features of a derivation; it fails unless such a worker connects in time",
+	// Right after a start, or with no worker at all, the workers may
+	// still be reconnecting: that is no reason for a warning.
+	log := d.log.Warn
+	if len(d.links) == 0 || d.now().Sub(d.started) < d.cfg.WorkerLease {
+		log = d.log.Info
+	}
+	log("no connected worker has the system and features of a derivation; it fails unless such a worker connects in time",
 		"drv_path", drvPath, "system", system, "features", strings.Join(features, ","), "timeout", timeout)
 }
 
