@@ -116,7 +116,8 @@ func RunWorker(ctx context.Context, dial Dialer, cfg RunConfig) error {
 	}
 	for {
 		conn, err := dial(ctx)
-		if err == nil {
+		connected := err == nil
+		if connected {
 			log.Info("connected to the node")
 			started := time.Now()
 			err = Serve(ctx, conn, cfg.ServeConfig)
@@ -137,7 +138,11 @@ func RunWorker(ctx context.Context, dial Dialer, cfg RunConfig) error {
 		}
 
 		delay := backoff.Next()
-		log.Warn("connection to the node ended; reconnecting", "err", err, "delay", delay)
+		if connected {
+			log.Warn("connection to the node ended; reconnecting", "err", err, "delay", delay)
+		} else {
+			log.Warn("connecting to the node failed; retrying", "err", err, "delay", delay)
+		}
 		timer := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
