@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,5 +189,86 @@ func TestHeartbeatCountsDetachedBuilds(t *testing.T) {
 		if hb := nextHeartbeat(second); hb.RunningJobs == 0 {
 			break
 		}
+	}
+}
+
+// TestDetachedOutputReachesNextJob checks that what a build writes after
+// its connection ended reaches the log of the derivation's next job, on
+// the worker's next connection.
+func TestDetachedOutputReachesNextJob(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	cut := make(chan struct{})
+	started := make(chan struct{})
+	ended := make(chan struct{})
+	calls := 0
+	w := &fakeWorker{build: func(ctx context.Context, req BuildRequest, log io.Writer, nars NARSink) (BuildResult, error) {
+		calls++
+		if calls > 1 {
+			return BuildResult{}, nil
+		}
+		defer close(ended)
+		fmt.Fprintln(log, "before the cut")
+		close(started)
+		<-cut
+		fmt.Fprintln(log, "after the cut")
+		return BuildResult{}, nil
+	}}
+	cfg := ServeConfig{
+		Detached: &DetachedBuilds{},
+		Setup:    func(context.Context, *Welcome) (Worker, error) { return w, nil },
+		Systems:  []string{"x86_64-linux"},
+		SpoolDir: t.TempDir(),
+	}
+	session := func() Conn {
+		nodeEnd, workerEnd := Pipe()
+		go Serve(ctx, workerEnd, cfg)
+		if _, err := nodeEnd.Read(ctx); err != nil {
+			t.Fatalf("read hello: %v", err)
+		}
+		welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 60000, LeaseMillis: 30000, CachePath: "/cache/main"}
+		if err := nodeEnd.Write(ctx, welcome); err != nil {
+			t.Fatal(err)
+		}
+		return nodeEnd
+	}
+	// jobLog reads c until the result of job and returns the job's log.
+	jobLog := func(c Conn, job uint64) string {
+		var log strings.Builder
+		for {
+			m, err := c.Read(ctx)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			switch m := m.(type) {
+			case *LogChunk:
+				log.Write(m.Data)
+			case *JobResult:
+				return log.String()
+			}
+		}
+	}
+	const drv = "/nix/store/00000000000000000000000000000000-x.drv"
+
+	first := session()
+	if err := first.Write(ctx, &JobOffer{Job: 1, Build: &BuildRequest{DrvPath: drv}}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	first.Close(websocket.StatusGoingAway, "connection cut")
+	close(cut)
+	<-ended
+
+	second := session()
+	if err := second.Write(ctx, &JobOffer{Job: 1, Build: &BuildRequest{DrvPath: drv}}); err != nil {
+		t.Fatal(err)
+	}
+	log := jobLog(second, 1)
+	if !strings.Contains(log, "after the cut") || !strings.Contains(log, "connection to the node was down") {
+		t.Errorf("log of the next job = %q, want the output written after the cut, under a header", log)
+	}
+	if strings.Contains(log, "before the cut") {
+		t.Errorf("log of the next job = %q, want only what the node did not get", log)
 	}
 }

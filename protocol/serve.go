@@ -84,11 +84,93 @@ type ServeConfig struct {
 type DetachedBuilds struct {
 	wg sync.WaitGroup
 
-	// mu guards owners.
+	// mu guards the fields below.
 	mu sync.Mutex
 	// owners maps each running build's derivation to the sessions that
 	// run it, once per job.
 	owners map[string][]*workerSession
+	// logs keeps, by derivation, the output that builds wrote after
+	// their connection ended, until a later job of the derivation takes
+	// it. Its length is bounded by maxDetachedLogs.
+	logs map[string]*detachedLog
+	// added counts the logs ever kept.
+	added uint64
+}
+
+// detachedLog is the output of a build whose connection ended.
+type detachedLog struct {
+	// buf holds at most maxDetachedLog bytes of the end of the output.
+	buf []byte
+	// added orders the logs for eviction.
+	added uint64
+}
+
+// maxDetachedLog bounds the output kept of one detached build, and
+// maxDetachedLogs the number of derivations whose output is kept.
+const (
+	maxDetachedLog  = 1 << 20
+	maxDetachedLogs = 64
+)
+
+// detachedLogHeader starts the output of a detached build in the log of
+// the job that takes it.
+const detachedLogHeader = "\n[gradient] output of the build that went on while the connection to the node was down:\n"
+
+// spill keeps p, output of a build of drvPath whose connection ended,
+// for a later job of the derivation.
+func (d *DetachedBuilds) spill(drvPath string, p []byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.logs == nil {
+		d.logs = map[string]*detachedLog{}
+	}
+	l := d.logs[drvPath]
+	if l == nil {
+		if len(d.logs) >= maxDetachedLogs {
+			d.evictOldestLog()
+		}
+		d.added++
+		l = &detachedLog{added: d.added}
+		d.logs[drvPath] = l
+	}
+	l.buf = append(l.buf, p...)
+	if over := len(l.buf) - maxDetachedLog; over > 0 {
+		l.buf = append(l.buf[:0], l.buf[over:]...)
+	}
+}
+
+// evictOldestLog drops the kept output that was added first. Called with
+// mu held.
+func (d *DetachedBuilds) evictOldestLog() {
+	oldest := ""
+	for drv, l := range d.logs {
+		if oldest == "" || l.added < d.logs[oldest].added {
+			oldest = drv
+		}
+	}
+	delete(d.logs, oldest)
+}
+
+// takeLog returns and forgets the output that builds of drvPath wrote
+// after their connection ended, once no session but s still runs such a
+// build, or after waiting at most wait for them.
+func (d *DetachedBuilds) takeLog(s *workerSession, drvPath string, wait time.Duration) []byte {
+	deadline := time.Now().Add(wait)
+	for {
+		d.mu.Lock()
+		others := slices.ContainsFunc(d.owners[drvPath], func(o *workerSession) bool { return o != s })
+		if !others || time.Now().After(deadline) {
+			var out []byte
+			if l := d.logs[drvPath]; l != nil {
+				out = l.buf
+				delete(d.logs, drvPath)
+			}
+			d.mu.Unlock()
+			return out
+		}
+		d.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Wait waits until every build added so far has ended.
@@ -440,7 +522,10 @@ func (s *workerSession) logDetached(offer *JobOffer, result *JobResult) {
 // A detached job drops its log once the connection is gone, instead of
 // failing, so that nix goes on.
 func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bool) *JobResult {
-	log := &logWriter{s: s, job: offer.Job, dropOnLoss: detached}
+	log := &logWriter{s: s, job: offer.Job}
+	if detached {
+		log.detachedDrv = offer.Build.DrvPath
+	}
 	sink := &remoteSink{s: s, job: offer.Job}
 	result := &JobResult{Job: offer.Job}
 	var err error
@@ -455,6 +540,15 @@ func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bo
 		var res BuildResult
 		res, err = s.worker.Build(ctx, *offer.Build, log, sink)
 		result.Build = &res
+		// Nix finished this build only after any earlier build of the
+		// derivation, so the output those wrote while their connection
+		// was down is complete: it goes into this job's log.
+		if detached && s.ctx.Err() == nil {
+			if out := s.cfg.Detached.takeLog(s, offer.Build.DrvPath, 10*time.Second); len(out) > 0 {
+				_, _ = io.WriteString(log, detachedLogHeader)
+				_, _ = log.Write(out)
+			}
+		}
 	}
 	if err != nil {
 		result.Eval, result.Build = nil, nil
@@ -502,21 +596,34 @@ func (s *workerSession) answerQuery(ctx context.Context, q *PathQuery) {
 type logWriter struct {
 	s   *workerSession
 	job uint64
-	// dropOnLoss makes Write drop p instead of failing when the
-	// connection is gone.
-	dropOnLoss bool
+	// detachedDrv, when set, is the derivation of a build that goes on
+	// when the connection is gone: Write then hands its output to
+	// ServeConfig.Detached instead of failing.
+	detachedDrv string
+
+	// mu guards lost.
+	mu sync.Mutex
+	// lost is set once a write failed.
+	lost bool
 }
 
 // Write sends p in chunks. It returns an error wrapping ErrConnectionLost
-// when a chunk cannot be written, unless dropOnLoss is set.
+// when a chunk cannot be written, unless detachedDrv is set.
 func (w *logWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for sent := 0; sent < len(p); {
+		if w.lost {
+			w.s.cfg.Detached.spill(w.detachedDrv, p[sent:])
+			return len(p), nil
+		}
 		n := min(len(p)-sent, MaxChunkSize)
 		data := make([]byte, n)
 		copy(data, p[sent:sent+n])
 		if err := w.s.conn.Write(w.s.ctx, &LogChunk{Job: w.job, Data: data}); err != nil {
-			if w.dropOnLoss {
-				return len(p), nil
+			if w.detachedDrv != "" {
+				w.lost = true
+				continue
 			}
 			return sent, fmt.Errorf("send log: %w: %w", ErrConnectionLost, err)
 		}

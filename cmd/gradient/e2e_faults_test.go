@@ -430,7 +430,7 @@ func TestNARUploadResumesAfterCut(t *testing.T) {
 const slowBuildFlake = `{ outputs = { self }: {
   packages.x86_64-linux.slow = builtins.derivation {
     name = "slow"; system = "x86_64-linux"; builder = "/bin/sh";
-    args = [ "-c" "echo builder running; sleep 12; echo done > $out" ];
+    args = [ "-c" "echo builder running; sleep 12; echo builder finished; echo done > $out" ];
   };
 }; }`
 
@@ -490,6 +490,11 @@ func TestBuildSurvivesDroppedConnection(t *testing.T) {
 	log := n.mustCLI("build", "log", itoa(id))
 	if c := strings.Count(log, "builder running"); c != 1 {
 		t.Errorf("the builder ran %d times, want once; build log:\n%s", c, log)
+	}
+	// What the builder printed while the connection was down reaches the
+	// log with the next attempt.
+	if c := strings.Count(log, "builder finished"); c != 1 {
+		t.Errorf("the build log has the builder's last line %d times, want once; build log:\n%s", c, log)
 	}
 	if c := strings.Count(log, "gradient: build attempt started"); c < 2 {
 		t.Errorf("build log shows %d attempts, want the cut one and the next; build log:\n%s", c, log)
