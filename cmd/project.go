@@ -307,6 +307,10 @@ func printEvaluation(w io.Writer, e db.Evaluation, bs []db.Build) {
 			}
 		case db.BuildDependencyFailed:
 			fmt.Fprintf(w, "\n%s: build %d not run because dependency %s failed\n", ep.Attr, b.ID, b.FailedDependency)
+		case db.BuildQueued:
+			if b.Waiting != "" {
+				fmt.Fprintf(w, "\n%s: build %d %s\n", ep.Attr, b.ID, b.Waiting)
+			}
 		}
 	}
 }

@@ -150,6 +150,7 @@ func (d *driver) buildStarted(jobID, workerID, drvPath string, first bool) {
 		b.WorkerID = workerID
 		b.StartedAt = &started
 		b.FinishedAt = nil
+		b.Waiting = ""
 	})
 }
 

@@ -39,8 +39,12 @@ func TestUnsupportedBuildFailsAfterTimeout(t *testing.T) {
 
 	h.clock.Advance(4 * time.Minute)
 	h.tick()
-	if b := h.builds(id)["arm"]; b.Status != db.BuildQueued {
+	b := h.builds(id)["arm"]
+	if b.Status != db.BuildQueued {
 		t.Errorf("arm after 4 of 5 minutes: status = %q, want queued", b.Status)
+	}
+	if want := "waiting for a worker with system aarch64-linux and features kvm; fails at 2026-01-02T03:09:05Z unless one connects"; b.Waiting != want {
+		t.Errorf("arm waiting = %q, want %q", b.Waiting, want)
 	}
 
 	h.clock.Advance(time.Minute)
@@ -109,8 +113,8 @@ func TestUnsupportedClearedByJoiningWorker(t *testing.T) {
 			t.Errorf("%s = %q (error %q), want succeeded", name, b.Status, b.Error)
 		}
 	}
-	if b := h.builds(id)["arm"]; b.WorkerID != "arm" {
-		t.Errorf("arm built on %q, want the arm worker", b.WorkerID)
+	if b := h.builds(id)["arm"]; b.WorkerID != "arm" || b.Waiting != "" {
+		t.Errorf("arm built on %q, waiting %q, want the arm worker and no waiting reason", b.WorkerID, b.Waiting)
 	}
 }
 

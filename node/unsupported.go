@@ -34,6 +34,15 @@ func (d *driver) noteNoWorker(drvPath string) {
 	}
 	log("no connected worker has the system and features of a derivation; it fails unless such a worker connects in time",
 		"drv_path", drvPath, "system", system, "features", strings.Join(features, ","), "timeout", timeout)
+
+	waiting := "waiting for a worker with system " + system
+	if len(features) > 0 {
+		waiting += " and features " + strings.Join(features, ",")
+	}
+	if d.cfg.UnsupportedTimeout >= 0 {
+		waiting += fmt.Sprintf("; fails at %s unless one connects", d.now().Add(timeout).UTC().Format(time.RFC3339))
+	}
+	d.updateBuilds(drvPath, func(b *db.Build) { b.Waiting = waiting })
 }
 
 // platform returns the system and required features of a derivation, from
@@ -88,6 +97,7 @@ func (d *driver) pruneUnsupported() {
 		st, ok := d.sched.Status(drvPath)
 		if !ok || st.State != scheduler.StateReady || st.Reason != scheduler.NoWorker {
 			delete(d.unsupported, drvPath)
+			d.updateBuilds(drvPath, func(b *db.Build) { b.Waiting = "" })
 		}
 	}
 }
