@@ -127,7 +127,11 @@ func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
 	d.log.Info("job assigned", "job_id", a.JobID, "worker_id", a.WorkerID, "derivations", len(a.DrvPaths),
 		"drv_path", a.DrvPaths[0], "fetch_bytes", a.Score.FetchBytes, "candidates", a.Score.Candidates)
 
-	jobCtx, cancel := context.WithCancel(ctx)
+	// A shutdown of the node does not cancel the job: the hub closes the
+	// connection to the worker instead, which lets the build go on there,
+	// so that the job offered again after a restart finds it done. Only a
+	// Cancel decision aborts the build.
+	jobCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	d.jobs[a.JobID] = cancel
 	d.goBackground(func() {
 		defer cancel()
@@ -164,14 +168,15 @@ func (d *driver) buildStarted(jobID, workerID, drvPath string, first bool) {
 // scheduler queues the job again. A worker that declines a build is offered it again after
 // a delay, because the scheduler counts the job's slot as taken. Another
 // fault of the worker ends the job, which costs the derivation an attempt.
-// When jobCtx ends because the node shuts down, nothing is reported and
-// the builds stay unfinished for the next start.
+// When the node shuts down, nothing is reported and the builds stay
+// unfinished for the next start. jobCtx ends only when the job is
+// cancelled.
 func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a scheduler.Assign) {
 	log := d.log.With("job_id", a.JobID, "worker_id", a.WorkerID)
 	for i, drv := range a.DrvPaths {
 		_ = d.post(nodeCtx, func(context.Context) { d.buildStarted(a.JobID, a.WorkerID, drv, i == 0) })
 		d.mesh.buildStarted(nodeCtx, drv, jobETA(a))
-		res, err := d.buildOnLink(jobCtx, log, link, drv)
+		res, err := d.buildOnLink(jobCtx, nodeCtx, log, link, drv)
 		if nodeCtx.Err() != nil {
 			return
 		}
@@ -219,11 +224,16 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 // buildOnLink builds one derivation on the worker of link. When the
 // worker's connection drops, it waits for the worker to reconnect and
 // offers the build again. It returns an error wrapping
-// protocol.ErrWorkerGone once the worker is removed.
-func (d *driver) buildOnLink(ctx context.Context, log *slog.Logger, link *workerLink, drvPath string) (protocol.BuildResult, error) {
+// protocol.ErrWorkerGone once the worker is removed. The build runs on
+// jobCtx; the waits between offers end with nodeCtx too.
+func (d *driver) buildOnLink(jobCtx, nodeCtx context.Context, log *slog.Logger, link *workerLink, drvPath string) (protocol.BuildResult, error) {
+	waitCtx, cancel := context.WithCancel(jobCtx)
+	defer cancel()
+	defer context.AfterFunc(nodeCtx, cancel)()
+
 	var stale *protocol.RemoteWorker
 	for {
-		w, err := link.worker(ctx, stale)
+		w, err := link.worker(waitCtx, stale)
 		if errors.Is(err, errWorkerRemoved) {
 			return protocol.BuildResult{}, fmt.Errorf("worker %q: %w", link.id, protocol.ErrWorkerGone)
 		}
@@ -231,7 +241,7 @@ func (d *driver) buildOnLink(ctx context.Context, log *slog.Logger, link *worker
 			return protocol.BuildResult{}, err
 		}
 
-		res, err := d.buildRetryingDeclines(ctx, log, w, link.id, drvPath)
+		res, err := d.buildRetryingDeclines(jobCtx, waitCtx, log, w, link.id, drvPath)
 		if !errors.Is(err, protocol.ErrWorkerGone) {
 			return res, err
 		}
@@ -244,8 +254,9 @@ func (d *driver) buildOnLink(ctx context.Context, log *slog.Logger, link *worker
 }
 
 // buildRetryingDeclines builds one derivation on w, offering the build
-// again after a growing delay each time the worker declines it.
-func (d *driver) buildRetryingDeclines(ctx context.Context, log *slog.Logger, w protocol.Worker, workerID, drvPath string) (protocol.BuildResult, error) {
+// again after a growing delay each time the worker declines it. The
+// build runs on ctx, and the delays end with waitCtx.
+func (d *driver) buildRetryingDeclines(ctx, waitCtx context.Context, log *slog.Logger, w protocol.Worker, workerID, drvPath string) (protocol.BuildResult, error) {
 	delay := d.cfg.RetryDelay
 	for attempt := 1; ; attempt++ {
 		res, err := d.buildOne(ctx, w, workerID, drvPath, attempt)
@@ -257,7 +268,7 @@ func (d *driver) buildRetryingDeclines(ctx context.Context, log *slog.Logger, w 
 		// slots disagrees with the scheduler's, which ends when its
 		// running jobs end.
 		log.Info("worker declined the build; offering it again", "drv_path", drvPath, "attempt", attempt, "delay", delay, "err", err)
-		if err := sleepContext(ctx, delay); err != nil {
+		if err := sleepContext(waitCtx, delay); err != nil {
 			return protocol.BuildResult{}, err
 		}
 		delay = min(2*delay, maxRetryDelay)

@@ -506,3 +506,55 @@ func TestBuildSurvivesDroppedConnection(t *testing.T) {
 		t.Errorf("worker log does not show a reconnect after the cut")
 	}
 }
+
+// TestNodeStopKeepsBuild stops the node with SIGINT while a worker's
+// builder runs, and starts it again. The node does not abort the build
+// when it stops: the worker lets nix finish it, and completes the job
+// the restarted node offers again, so the builder runs once.
+func TestNodeStopKeepsBuild(t *testing.T) {
+	requireNix(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test flake builds for x86_64-linux")
+	}
+	dataDir := filepath.Join(t.TempDir(), "data")
+	n := startNode(t, dataDir, storeDir(t, "unused-store"), "--no-worker")
+	noUpstream(t, n)
+	registerWorkers(t, n, "w1")
+	n.mustCLI("project", "create", "demo/stop", "--flake", writeFlake(t, slowBuildFlake))
+	n.mustCLI("project", "evaluate", "demo/stop")
+
+	var id uint64
+	waitEvaluation(t, n, "demo/stop", func(show evalShow) bool {
+		for _, b := range show.Builds {
+			if b.Status == "building" {
+				id = b.ID
+				return true
+			}
+		}
+		return false
+	})
+	if id == 0 {
+		t.Fatal("the build never ran")
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(n.mustCLI("build", "log", itoa(id)), "builder running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the builder did not start within 60s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	n.stop()
+
+	n2 := startNode(t, dataDir, storeDir(t, "unused-store-2"), "--no-worker", "--listen", n.addr)
+	show := waitEvaluation(t, n2, "demo/stop", isFinal)
+	if show.Evaluation.Status != "succeeded" || len(show.Builds) != 1 || show.Builds[0].Status != "succeeded" {
+		t.Fatalf("evaluation = %+v, builds %+v; want one succeeded build", show.Evaluation, show.Builds)
+	}
+	log := n2.mustCLI("build", "log", itoa(id))
+	if c := strings.Count(log, "builder running"); c != 1 {
+		t.Errorf("the builder ran %d times, want once; build log:\n%s", c, log)
+	}
+	if c := strings.Count(log, "builder finished"); c != 1 {
+		t.Errorf("the build log has the builder's last line %d times, want once; build log:\n%s", c, log)
+	}
+}
