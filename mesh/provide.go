@@ -124,8 +124,8 @@ func (n *Node) putProviderRecords(ctx context.Context, key multihash.Multihash, 
 	return stored, lastErr
 }
 
-// resolveMember returns nil when the node is connected to id or knows an
-// address of it. Otherwise it looks the peer up in the DHT, at most once
+// resolveMember returns nil when the node is connected to id or has an
+// address of it in the peerstore. Otherwise it looks the peer up in the DHT, at most once
 // per resolveRetry for each peer, and concurrent callers wait for the
 // same lookup.
 func (n *Node) resolveMember(ctx context.Context, id peer.ID) error {
@@ -197,7 +197,7 @@ func (n *Node) closestMembers(key multihash.Multihash) []peer.ID {
 	return members.closest(kb.ConvertKey(string(key)))
 }
 
-// memberKeys holds the Kademlia IDs of a federation's peers, which are
+// memberKeys contains the Kademlia IDs of a federation's peers, which are
 // SHA-256 hashes of the peer IDs, so that they are hashed once per
 // federation and not once per key.
 type memberKeys struct {
