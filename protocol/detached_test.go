@@ -117,20 +117,7 @@ func TestHeartbeatCountsDetachedBuilds(t *testing.T) {
 		MaxJobs:  2,
 		SpoolDir: t.TempDir(),
 	}
-	// session starts Serve over a Pipe, answers its Hello and returns the
-	// node's end.
-	session := func() Conn {
-		nodeEnd, workerEnd := Pipe()
-		go Serve(ctx, workerEnd, cfg)
-		if _, err := nodeEnd.Read(ctx); err != nil {
-			t.Fatalf("read hello: %v", err)
-		}
-		welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 20, LeaseMillis: 30000, CachePath: "/cache/main"}
-		if err := nodeEnd.Write(ctx, welcome); err != nil {
-			t.Fatal(err)
-		}
-		return nodeEnd
-	}
+	session := func() Conn { return startSession(ctx, t, cfg, 20) }
 	// nextHeartbeat reads until a heartbeat arrives.
 	nextHeartbeat := func(c Conn) *Heartbeat {
 		for {
@@ -221,18 +208,7 @@ func TestDetachedOutputReachesNextJob(t *testing.T) {
 		Systems:  []string{"x86_64-linux"},
 		SpoolDir: t.TempDir(),
 	}
-	session := func() Conn {
-		nodeEnd, workerEnd := Pipe()
-		go Serve(ctx, workerEnd, cfg)
-		if _, err := nodeEnd.Read(ctx); err != nil {
-			t.Fatalf("read hello: %v", err)
-		}
-		welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 60000, LeaseMillis: 30000, CachePath: "/cache/main"}
-		if err := nodeEnd.Write(ctx, welcome); err != nil {
-			t.Fatal(err)
-		}
-		return nodeEnd
-	}
+	session := func() Conn { return startSession(ctx, t, cfg, 60000) }
 	// jobLog reads c until the result of job and returns the job's log.
 	jobLog := func(c Conn, job uint64) string {
 		var log strings.Builder
@@ -271,4 +247,21 @@ func TestDetachedOutputReachesNextJob(t *testing.T) {
 	if strings.Contains(log, "before the cut") {
 		t.Errorf("log of the next job = %q, want only what the node did not get", log)
 	}
+}
+
+// startSession starts Serve with cfg over a Pipe, answers its Hello with a
+// Welcome that asks for heartbeats every heartbeatMillis, and returns the
+// node's end.
+func startSession(ctx context.Context, t *testing.T, cfg ServeConfig, heartbeatMillis int64) Conn {
+	t.Helper()
+	nodeEnd, workerEnd := Pipe()
+	go Serve(ctx, workerEnd, cfg)
+	if _, err := nodeEnd.Read(ctx); err != nil {
+		t.Fatalf("read hello: %v", err)
+	}
+	welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: heartbeatMillis, LeaseMillis: 30000, CachePath: "/cache/main"}
+	if err := nodeEnd.Write(ctx, welcome); err != nil {
+		t.Fatal(err)
+	}
+	return nodeEnd
 }

@@ -212,10 +212,11 @@ func TestNARUploadResumesAfterCut(t *testing.T) {
 	}
 }
 
-// TestNARUploadRejectsWrongHash checks that the node stores nothing when
-// the NAR does not match the NarHash the worker claims.
-func TestNARUploadRejectsWrongHash(t *testing.T) {
-	store := newCache(t)
+// buildWithUpload attaches a worker that uploads info with narBytes to a
+// hub over a Pipe, runs one build on it with store as the sink and
+// returns the build's error.
+func buildWithUpload(t *testing.T, store *cache.Store, narBytes []byte, info protocol.PathInfo) error {
+	t.Helper()
 	joined := make(chan *protocol.RemoteWorker, 1)
 	hub, err := protocol.NewHub(protocol.HubConfig{
 		Authenticate: func(ctx context.Context, token string) (string, error) { return "w1", nil },
@@ -226,8 +227,6 @@ func TestNARUploadRejectsWrongHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	narBytes, info := makeNAR(t, 1000)
-	info.NarHash = "sha256-" + base64.StdEncoding.EncodeToString(make([]byte, 32))
 	worker := &uploadingWorker{nar: narBytes, info: info}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -242,10 +241,21 @@ func TestNARUploadRejectsWrongHash(t *testing.T) {
 	rw := <-joined
 
 	_, err = rw.Build(ctx, protocol.BuildRequest{DrvPath: "/nix/store/x.drv"}, io.Discard, store)
+	return err
+}
+
+// TestNARUploadRejectsWrongHash checks that the node stores nothing when
+// the NAR does not match the NarHash the worker claims.
+func TestNARUploadRejectsWrongHash(t *testing.T) {
+	store := newCache(t)
+	narBytes, info := makeNAR(t, 1000)
+	info.NarHash = "sha256-" + base64.StdEncoding.EncodeToString(make([]byte, 32))
+
+	err := buildWithUpload(t, store, narBytes, info)
 	if err == nil || !strings.Contains(err.Error(), "NarHash") {
 		t.Errorf("Build with a wrong NarHash = %v, want an error naming NarHash", err)
 	}
-	if has, _ := store.HasPath(ctx, info.StorePath); has {
+	if has, _ := store.HasPath(context.Background(), info.StorePath); has {
 		t.Error("the cache holds a NAR whose NarHash did not match")
 	}
 }
@@ -255,35 +265,13 @@ func TestNARUploadRejectsWrongHash(t *testing.T) {
 // stores with its own key only.
 func TestNARUploadDropsWorkerSignatures(t *testing.T) {
 	store := newCache(t)
-	joined := make(chan *protocol.RemoteWorker, 1)
-	hub, err := protocol.NewHub(protocol.HubConfig{
-		Authenticate: func(ctx context.Context, token string) (string, error) { return "w1", nil },
-		NARs:         store,
-		UploadDir:    t.TempDir(),
-		Joined:       func(w *protocol.RemoteWorker) { joined <- w },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	narBytes, info := makeNAR(t, 1000)
 	info.Signatures = []string{"cache.nixos.org-1:" + base64.StdEncoding.EncodeToString(make([]byte, 64))}
-	worker := &uploadingWorker{nar: narBytes, info: info}
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	nodeEnd, workerEnd := protocol.Pipe()
-	go hub.Attach(ctx, nodeEnd, "w1", "pipe")
-	go protocol.Serve(ctx, workerEnd, protocol.ServeConfig{
-		Systems:  []string{"x86_64-linux"},
-		SpoolDir: t.TempDir(),
-		Setup:    func(context.Context, *protocol.Welcome) (protocol.Worker, error) { return worker, nil },
-	})
-	rw := <-joined
-
-	if _, err := rw.Build(ctx, protocol.BuildRequest{DrvPath: "/nix/store/x.drv"}, io.Discard, store); err != nil {
+	if err := buildWithUpload(t, store, narBytes, info); err != nil {
 		t.Fatalf("Build: %v", err)
 	}
-	ni, err := store.NarInfo(ctx, narinfo.HashPart(info.StorePath))
+	ni, err := store.NarInfo(context.Background(), narinfo.HashPart(info.StorePath))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -434,6 +434,33 @@ const slowBuildFlake = `{ outputs = { self }: {
   };
 }; }`
 
+// waitBuilderRunning waits until the one build of project has started
+// its builder, which logs "builder running", and returns the build's ID.
+func waitBuilderRunning(t *testing.T, n *node, project string) uint64 {
+	t.Helper()
+	var id uint64
+	show := waitEvaluation(t, n, project, func(show evalShow) bool {
+		for _, b := range show.Builds {
+			if b.Status == "building" {
+				id = b.ID
+				return true
+			}
+		}
+		return false
+	})
+	if id == 0 {
+		t.Fatalf("the build never ran: evaluation %q, builds %+v", show.Evaluation.Status, show.Builds)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(n.mustCLI("build", "log", itoa(id)), "builder running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the builder did not start within 60s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return id
+}
+
 // TestBuildSurvivesDroppedConnection cuts a worker's connection while its
 // builder runs, with a second worker idle. The node keeps the job for the
 // worker's lease; the worker lets nix finish the build, reconnects, and
@@ -453,32 +480,13 @@ func TestBuildSurvivesDroppedConnection(t *testing.T) {
 
 	n.mustCLI("project", "create", "demo/drop", "--flake", writeFlake(t, slowBuildFlake))
 	n.mustCLI("project", "evaluate", "demo/drop")
-	var id uint64
-	show := waitEvaluation(t, n, "demo/drop", func(show evalShow) bool {
-		for _, b := range show.Builds {
-			if b.Status == "building" {
-				id = b.ID
-				return true
-			}
-		}
-		return false
-	})
-	if id == 0 {
-		t.Fatalf("the build never ran: evaluation %q, builds %+v", show.Evaluation.Status, show.Builds)
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(n.mustCLI("build", "log", itoa(id)), "builder running") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the builder did not start within 60s")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	id := waitBuilderRunning(t, n, "demo/drop")
 	idleToken := strings.TrimSpace(n.mustCLI("worker", "register", "w2"))
 	startWorker(t, n, "w2", idleToken)
 	waitWorkers(t, n, "w1", "w2")
 	proxy.cutNow()
 
-	show = waitEvaluation(t, n, "demo/drop", isFinal)
+	show := waitEvaluation(t, n, "demo/drop", isFinal)
 	if show.Evaluation.Status != "succeeded" || len(show.Builds) != 1 || show.Builds[0].Status != "succeeded" {
 		t.Fatalf("evaluation = %+v, builds %+v; want one succeeded build", show.Evaluation, show.Builds)
 	}
@@ -522,27 +530,7 @@ func TestNodeStopKeepsBuild(t *testing.T) {
 	registerWorkers(t, n, "w1")
 	n.mustCLI("project", "create", "demo/stop", "--flake", writeFlake(t, slowBuildFlake))
 	n.mustCLI("project", "evaluate", "demo/stop")
-
-	var id uint64
-	waitEvaluation(t, n, "demo/stop", func(show evalShow) bool {
-		for _, b := range show.Builds {
-			if b.Status == "building" {
-				id = b.ID
-				return true
-			}
-		}
-		return false
-	})
-	if id == 0 {
-		t.Fatal("the build never ran")
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(n.mustCLI("build", "log", itoa(id)), "builder running") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the builder did not start within 60s")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	id := waitBuilderRunning(t, n, "demo/stop")
 	n.stop()
 
 	n2 := startNode(t, dataDir, storeDir(t, "unused-store-2"), "--no-worker", "--listen", n.addr)
