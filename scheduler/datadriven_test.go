@@ -297,6 +297,8 @@ func (r *scriptRunner) format(d Decision) string {
 			s += fmt.Sprintf(" until +%v", d.Until.Sub(epoch))
 		}
 		return s
+	case GaveUp:
+		return fmt.Sprintf("gave-up %s: %s", d.DrvPath, d.Reason)
 	case DependencyFailed:
 		return fmt.Sprintf("dependency-failed %s: %s failed (evals %s)", d.DrvPath, d.FailedDep, strings.Join(d.EvalIDs, " "))
 	case EvaluationDone:

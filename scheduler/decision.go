@@ -3,7 +3,7 @@ package scheduler
 import "time"
 
 // Decision is the outcome of an event for the node to carry out: one of
-// Assign, Cancel, Waiting, DependencyFailed and EvaluationDone.
+// Assign, Cancel, Waiting, GaveUp, DependencyFailed and EvaluationDone.
 type Decision interface {
 	isDecision()
 }
@@ -40,6 +40,14 @@ type Waiting struct {
 	Until time.Time
 }
 
+// GaveUp reports a derivation that failed because Config.MaxAttempts jobs
+// ended without building it, such as on a worker that cannot run nix.
+// The node records the failure: no job reports it.
+type GaveUp struct {
+	DrvPath string
+	Reason  string
+}
+
 // DependencyFailed reports a derivation that will never be built because
 // FailedDep, one of its transitive inputs, failed.
 type DependencyFailed struct {
@@ -70,6 +78,7 @@ type EvaluationDone struct {
 func (Assign) isDecision()           {}
 func (Cancel) isDecision()           {}
 func (Waiting) isDecision()          {}
+func (GaveUp) isDecision()           {}
 func (DependencyFailed) isDecision() {}
 func (EvaluationDone) isDecision()   {}
 

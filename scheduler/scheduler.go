@@ -538,7 +538,9 @@ func (s *Scheduler) releaseJob(j *job, countAttempt bool, now time.Time) {
 		if countAttempt {
 			d.attempts++
 			if d.attempts >= s.cfg.MaxAttempts {
-				s.markFailed(d, fmt.Sprintf("%d jobs ended without building it", d.attempts))
+				reason := fmt.Sprintf("%d jobs ended without building it", d.attempts)
+				s.emit(GaveUp{DrvPath: d.path, Reason: reason})
+				s.markFailed(d, reason)
 				continue
 			}
 		}
