@@ -249,3 +249,44 @@ func TestEvaluationReservesSlot(t *testing.T) {
 		t.Errorf("reserved slots of w1 after the evaluation = %d, want 0", n)
 	}
 }
+
+// TestBuildMovesOffFaultyWorker checks that a build on a worker that
+// cannot start nix goes to another worker, and that without one it fails
+// with the worker's error, also in an evaluation that the node ends
+// itself because another build has no worker at all.
+func TestBuildMovesOffFaultyWorker(t *testing.T) {
+	res := graphResult(testDrv{name: "a"}, testDrv{name: "gpu", features: []string{"gpu"}})
+	broken := &fakeWorker{
+		evaluate: func(context.Context, protocol.EvalRequest) (protocol.EvalResult, error) { return res, nil },
+		build: func(context.Context, protocol.BuildRequest, io.Writer) (protocol.BuildResult, error) {
+			return protocol.BuildResult{}, fmt.Errorf("fork/exec /nonexistent/nix (%w)", protocol.ErrWorkerFault)
+		},
+	}
+
+	t.Run("another worker builds", func(t *testing.T) {
+		h := newHarness(t, driverConfig{UnsupportedTimeout: FailUnsupportedAtOnce})
+		h.connect("w1", broken, protocol.ServeConfig{})
+		id := h.evaluate("moves")
+		h.waitFor("a to fail once on w1", func() bool {
+			found := false
+			h.run(func(context.Context) { found = h.drv.faults[storePath("a.drv")] != "" })
+			return found
+		})
+		h.connect("w2", instantWorker(res), protocol.ServeConfig{Capabilities: []protocol.Capability{protocol.CapBuild}})
+		h.waitStatus(id, db.EvalFailed)
+		if b := h.builds(id)["a"]; b.Status != db.BuildSucceeded || b.WorkerID != "w2" {
+			t.Errorf("a = %q on %q (error %q), want succeeded on w2", b.Status, b.WorkerID, b.Error)
+		}
+	})
+
+	t.Run("no worker can", func(t *testing.T) {
+		h := newHarness(t, driverConfig{UnsupportedTimeout: FailUnsupportedAtOnce, FaultRest: time.Millisecond})
+		h.connect("w1", broken, protocol.ServeConfig{})
+		id := h.evaluate("fails")
+		h.waitStatus(id, db.EvalFailed)
+		b := h.builds(id)["a"]
+		if b.Status != db.BuildFailed || !strings.Contains(b.Error, "no job built it") || !strings.Contains(b.Error, "/nonexistent/nix") {
+			t.Errorf("a = %q with error %q, want failed with the worker's error", b.Status, b.Error)
+		}
+	})
+}

@@ -39,6 +39,18 @@ func (d *driver) carryOut(ctx context.Context, dec scheduler.Decision) {
 		if cancel, ok := d.jobs[dec.JobID]; ok {
 			cancel()
 		}
+	case scheduler.GaveUp:
+		msg := "gradient: no job built it: " + dec.Reason
+		if fault := d.faults[dec.DrvPath]; fault != "" {
+			msg += "; the last worker error was: " + fault
+		}
+		d.log.Warn("build failed: jobs kept ending without building it", "drv_path", dec.DrvPath, "reason", dec.Reason, "last_fault", d.faults[dec.DrvPath])
+		now := d.now().UTC()
+		d.updateBuilds(dec.DrvPath, func(b *db.Build) {
+			b.Status = db.BuildFailed
+			b.Error = msg
+			b.FinishedAt = &now
+		})
 	case scheduler.DependencyFailed:
 		d.updateBuilds(dec.DrvPath, func(b *db.Build) {
 			b.Status = db.BuildDependencyFailed
@@ -198,6 +210,9 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 			log.Warn("worker fault during the build; the job ends without a result", "drv_path", drv, "err", err)
 			msg := err.Error()
 			_ = d.post(nodeCtx, func(context.Context) { d.faults[drv] = msg })
+			if errors.Is(err, protocol.ErrWorkerFault) {
+				d.restWorker(nodeCtx, link)
+			}
 		}
 		if err != nil {
 			break
@@ -218,6 +233,19 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 			d.log.Error("scheduler rejected job end", "job_id", a.JobID, "err", err)
 		}
 		d.apply(ctx, decisions)
+	})
+}
+
+// restWorker keeps the scheduler from giving the worker of link new jobs
+// for driverConfig.FaultRest, by reserving all its slots.
+func (d *driver) restWorker(ctx context.Context, link *workerLink) {
+	slots := link.hello.MaxJobs
+	d.log.Warn("worker could not start nix; it gets no new jobs for a while", "worker_id", link.id, "rest", d.cfg.FaultRest)
+	d.reservations.add(link.id, slots)
+	_ = d.post(ctx, d.syncReservations)
+	time.AfterFunc(d.cfg.FaultRest, func() {
+		d.reservations.add(link.id, -slots)
+		_ = d.post(ctx, d.syncReservations)
 	})
 }
 

@@ -40,6 +40,10 @@ type driverConfig struct {
 	// dropped wait for it to reconnect before they are queued again.
 	// Zero queues them at once.
 	WorkerLease time.Duration
+	// FaultRest is how long a worker that could not start nix gets no
+	// new jobs, so that the next attempts go to other workers. Default
+	// 1 min.
+	FaultRest time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 }
@@ -126,6 +130,9 @@ func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, cfg d
 	}
 	if cfg.HistoryInterval <= 0 {
 		cfg.HistoryInterval = time.Minute
+	}
+	if cfg.FaultRest <= 0 {
+		cfg.FaultRest = time.Minute
 	}
 	if cfg.StoreQueryTimeout <= 0 {
 		cfg.StoreQueryTimeout = 10 * time.Second

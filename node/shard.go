@@ -168,7 +168,7 @@ func (d *driver) evaluateShard(ctx context.Context, log *slog.Logger, w *protoco
 			return protocol.EvalResult{}, &workerFaultError{id: w.ID(), err: err}
 		}
 		next := ws[(shard+moves)%len(ws)]
-		if !declined {
+		if !declined && !fault {
 			log.Warn("worker disconnected during an evaluation shard; moving it", "shard", shard, "from", w.ID(), "to", next.ID())
 		}
 		w = next
