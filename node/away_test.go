@@ -290,3 +290,30 @@ func TestBuildMovesOffFaultyWorker(t *testing.T) {
 		}
 	})
 }
+
+// TestRemovedWorkerBuildQueued checks that the build of a worker that
+// stopped shows as queued again, with the reason, until another worker
+// takes it.
+func TestRemovedWorkerBuildQueued(t *testing.T) {
+	res := graphResult(testDrv{name: "slow"})
+	release := make(chan struct{})
+	started := make(chan string, 8)
+	workers, _ := blockingWorkers(res, release, started, "w1")
+	h := newHarness(t, driverConfig{WorkerLease: time.Hour})
+
+	var cut protocol.Conn
+	h.connect("w1", workers["w1"], protocol.ServeConfig{}, func(c protocol.Conn) protocol.Conn {
+		cut = c
+		return c
+	})
+	id := h.evaluate("requeued")
+	h.waitBuild(id, "slow", db.BuildBuilding)
+	<-started
+	cut.Close(websocket.StatusNormalClosure, "worker stopping")
+
+	b := h.waitBuild(id, "slow", db.BuildQueued)
+	if b.StartedAt != nil || !strings.Contains(b.Waiting, "worker w1 left") {
+		t.Errorf("slow after w1 stopped: started %v, waiting %q; want no start time and the reason", b.StartedAt, b.Waiting)
+	}
+	close(release)
+}

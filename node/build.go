@@ -151,6 +151,19 @@ func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
 	})
 }
 
+// buildRequeued marks the builds of drvPath that were building on
+// workerID as queued again, after the worker was removed. Called on the
+// Run goroutine.
+func (d *driver) buildRequeued(drvPath, workerID string) {
+	d.updateBuilds(drvPath, func(b *db.Build) {
+		if b.Status == db.BuildBuilding && b.WorkerID == workerID {
+			b.Status = db.BuildQueued
+			b.StartedAt = nil
+			b.Waiting = "queued again: worker " + workerID + " left during the build"
+		}
+	})
+}
+
 // buildStarted marks a derivation's builds as building on a worker.
 // Called on the Run goroutine.
 func (d *driver) buildStarted(jobID, workerID, drvPath string, first bool) {
@@ -204,7 +217,10 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 			})
 		case errors.Is(err, protocol.ErrWorkerGone):
 			log.Warn("worker removed during the build; the job is queued again", "drv_path", drv, "err", err)
-			_ = d.post(nodeCtx, func(context.Context) { delete(d.jobs, a.JobID) })
+			_ = d.post(nodeCtx, func(context.Context) {
+				delete(d.jobs, a.JobID)
+				d.buildRequeued(drv, a.WorkerID)
+			})
 			return
 		default:
 			log.Warn("worker fault during the build; the job ends without a result", "drv_path", drv, "err", err)
