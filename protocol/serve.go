@@ -551,6 +551,9 @@ func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bo
 		}
 	}
 	if err != nil {
+		if errors.Is(err, ErrWorkerFault) {
+			s.log.Error("job failed because of this worker; the node runs it elsewhere", "job", offer.Job, "err", err)
+		}
 		result.Eval, result.Build = nil, nil
 		result.Error = &JobError{BuildFailed: IsBuildError(err), Fault: errors.Is(err, ErrWorkerFault), Message: err.Error()}
 		var be *BuildError
