@@ -71,7 +71,7 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 	f.StringVar(&cfg.Worker.StoreDir, "store", "", "chroot store directory, passed to nix as --store (default: the machine's store)")
 	f.IntVar(&cfg.Worker.MaxJobs, "max-jobs", 1, "jobs the worker runs at once, 1 to 1024")
 	f.StringVar(&systems, "systems", "", "comma-separated systems the worker builds for (default: this machine's, such as x86_64-linux)")
-	f.StringVar(&features, "features", "", "comma-separated system features, such as kvm,big-parallel, passed to nix as extra-system-features; a derivation goes only to a worker that lists all its requiredSystemFeatures (default: nix's system-features setting)")
+	f.StringVar(&features, "features", "", "comma-separated system features, such as kvm,big-parallel, passed to nix as extra-system-features; a derivation goes only to a worker that lists all its requiredSystemFeatures; the worker also announces nix's own system-features")
 	f.StringVar(&cfg.Worker.NixBinary, "nix", "nix", "nix binary")
 	f.StringVar(&cfg.SpoolDir, "spool-dir", "", "directory for compressed NARs while they upload (default: the system's temporary directory)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,8 +25,9 @@ type RemoteConfig struct {
 	// Worker configures nix. Its Substituters and TrustedPublicKeys are
 	// replaced by the node's cache, which the node names in its Welcome.
 	Worker Config
-	// Systems default to NativeSystem. Features default to nix's own
-	// system-features; given ones go to nix as extra-system-features.
+	// Systems default to NativeSystem. The worker announces Features and
+	// nix's own system-features; Features go to nix as
+	// extra-system-features.
 	Systems  []string
 	Features []string
 	// SpoolDir holds compressed NARs while they upload. Default the
@@ -68,8 +70,12 @@ func RunRemote(ctx context.Context, cfg RemoteConfig, logger *slog.Logger) error
 	if storeDir == "" {
 		storeDir = "/nix/store"
 	}
-	if len(cfg.Features) == 0 {
-		cfg.Features = DetectFeatures(ctx, cfg.Worker, logger)
+	// Nix builds for its own system-features and the extra ones, so the
+	// worker announces both.
+	for _, f := range DetectFeatures(ctx, cfg.Worker, logger) {
+		if !slices.Contains(cfg.Features, f) {
+			cfg.Features = append(cfg.Features, f)
+		}
 	}
 
 	// The node's Welcome names its cache and key, so the nix client is
@@ -118,9 +124,8 @@ func RunRemote(ctx context.Context, cfg RemoteConfig, logger *slog.Logger) error
 }
 
 // DetectFeatures returns the system-features of the nix that cfg runs,
-// for a worker to announce when it is given none. It logs and returns
-// none when nix cannot tell, so builds that need a feature then wait for
-// another worker.
+// for a worker to announce. It logs and returns none when nix cannot
+// tell, so builds that need such a feature then wait for another worker.
 func DetectFeatures(ctx context.Context, cfg Config, logger *slog.Logger) []string {
 	probe, err := New(cfg, logger)
 	if err == nil {
