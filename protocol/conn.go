@@ -26,6 +26,12 @@ type Conn interface {
 	Close(code websocket.StatusCode, reason string) error
 }
 
+// Pinger is a Conn that can check that the other side still answers.
+type Pinger interface {
+	// Ping sends a ping and waits for the pong until ctx ends.
+	Ping(ctx context.Context) error
+}
+
 // wsConn is a Conn over a WebSocket. Each message is one binary frame.
 type wsConn struct {
 	c *websocket.Conn
@@ -56,6 +62,12 @@ func (w *wsConn) Write(ctx context.Context, m Message) error {
 		return err
 	}
 	return w.c.Write(ctx, websocket.MessageBinary, frame)
+}
+
+// Ping implements Pinger with a WebSocket ping. It needs a Read running
+// at the same time, which reads the pong.
+func (w *wsConn) Ping(ctx context.Context) error {
+	return w.c.Ping(ctx)
 }
 
 func (w *wsConn) Close(code websocket.StatusCode, reason string) error {

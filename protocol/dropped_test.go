@@ -197,3 +197,48 @@ func TestBackoffFitsLease(t *testing.T) {
 		}
 	}
 }
+
+// silentConn is a Conn whose pings are never answered, as over a
+// connection that went silent while it stays open.
+type silentConn struct{ Conn }
+
+func (silentConn) Ping(ctx context.Context) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestWorkerNoticesSilentNode checks that a worker whose pings go
+// unanswered for half the lease closes the connection, so RunWorker
+// connects again.
+func TestWorkerNoticesSilentNode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	nodeEnd, workerEnd := Pipe()
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, silentConn{workerEnd}, ServeConfig{
+			Systems:  []string{"x86_64-linux"},
+			SpoolDir: t.TempDir(),
+			Setup:    func(context.Context, *Welcome) (Worker, error) { return &fakeWorker{}, nil },
+		})
+	}()
+	if _, err := nodeEnd.Read(ctx); err != nil {
+		t.Fatalf("read hello: %v", err)
+	}
+	welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 50, LeaseMillis: 200, CachePath: "/cache/main"}
+	if err := nodeEnd.Write(ctx, welcome); err != nil {
+		t.Fatal(err)
+	}
+
+	select {
+	case <-served:
+	case <-ctx.Done():
+		t.Fatal("Serve went on for 30s without answers to its pings")
+	}
+	_, err := nodeEnd.Read(ctx)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || !strings.Contains(ce.Reason, "ping") {
+		t.Errorf("the node end read %v, want a close that names the unanswered ping", err)
+	}
+}

@@ -364,12 +364,27 @@ func workerHandshake(ctx context.Context, conn Conn, cfg ServeConfig) (*Welcome,
 	}
 }
 
-// heartbeats sends a Heartbeat every interval the node asked for.
+// heartbeats sends a Heartbeat every interval the node asked for. Over a
+// Conn that is a Pinger it also pings the node, and closes the connection
+// when no pong came within half the lease, so that a worker notices a
+// node that went silent on an open connection and connects again.
 func (s *workerSession) heartbeats(ctx context.Context) {
 	interval := time.Duration(s.welcome.HeartbeatMillis) * time.Millisecond
+	pingTimeout := time.Duration(s.welcome.LeaseMillis) * time.Millisecond / 2
+	pinger, _ := s.conn.(Pinger)
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
+		if pinger != nil && pingTimeout > 0 {
+			pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
+			err := pinger.Ping(pingCtx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("the node did not answer a ping; connecting again", "timeout", pingTimeout, "err", err)
+				s.conn.Close(websocket.StatusGoingAway, "the node did not answer a ping")
+				return
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
