@@ -142,7 +142,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, err := h.cfg.Authenticate(r.Context(), token)
 	if errors.Is(err, ErrInvalidToken) {
 		h.log.Warn("worker connection rejected", "reason", "invalid token", "remote_addr", r.RemoteAddr)
-		http.Error(w, "invalid worker token: register the worker with 'gradient worker register NAME' and use the token it prints", http.StatusUnauthorized)
+		http.Error(w, "invalid worker token: it is unknown or was revoked; register the worker with 'gradient worker register NAME' and use the token it prints", http.StatusUnauthorized)
 		return
 	}
 	if err != nil {

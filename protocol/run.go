@@ -118,7 +118,7 @@ func RunWorker(ctx context.Context, dial Dialer, cfg RunConfig) error {
 		conn, err := dial(ctx)
 		connected := err == nil
 		if connected {
-			log.Info("connected to the node")
+			log.Debug("connection to the node opened")
 			started := time.Now()
 			err = Serve(ctx, conn, cfg.ServeConfig)
 			conn.Close(websocket.StatusNormalClosure, "worker stopping")

@@ -284,6 +284,7 @@ func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
 	if cfg.welcomed != nil {
 		cfg.welcomed(welcome)
 	}
+	cfg.Logger.Info("connected to the node", "worker_id", welcome.WorkerID)
 
 	// Reads and writes whose context ends close a WebSocket without a
 	// close frame, which the node takes for a dropped connection. So the
