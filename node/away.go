@@ -122,30 +122,37 @@ func sameShape(a, b protocol.Hello) bool {
 // the worker list. The Run goroutine writes it and HTTP handlers read
 // it, so it has a lock of its own.
 type awayWorkers struct {
-	mu    sync.Mutex
-	until map[string]time.Time
+	mu      sync.Mutex
+	workers map[string]awayWorker
 }
 
-func (a *awayWorkers) set(id string, until time.Time) {
+// awayWorker is a worker whose jobs wait for it.
+type awayWorker struct {
+	// until is when its jobs go to other workers.
+	until time.Time
+	// hello is what it announced on its last connection.
+	hello protocol.Hello
+}
+
+func (a *awayWorkers) set(id string, until time.Time, hello protocol.Hello) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.until == nil {
-		a.until = map[string]time.Time{}
+	if a.workers == nil {
+		a.workers = map[string]awayWorker{}
 	}
-	a.until[id] = until
+	a.workers[id] = awayWorker{until: until, hello: hello}
 }
 
 func (a *awayWorkers) clear(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.until, id)
+	delete(a.workers, id)
 }
 
-// get reports until when worker id keeps its jobs, and false when it is
-// not away.
-func (a *awayWorkers) get(id string) (time.Time, bool) {
+// get returns worker id and true when it is away.
+func (a *awayWorkers) get(id string) (awayWorker, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	until, ok := a.until[id]
-	return until, ok
+	w, ok := a.workers[id]
+	return w, ok
 }

@@ -93,8 +93,8 @@ func TestDroppedWorkerKeepsItsJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 2 || list[0].Name != "w1" || list[0].State != web.WorkerAway || list[0].AwayUntil == nil {
-		t.Errorf("worker list while w1 is away = %+v, want w1 away with a deadline first", list)
+	if len(list) != 2 || list[0].Name != "w1" || list[0].State != web.WorkerAway || list[0].AwayUntil == nil || len(list[0].Systems) == 0 {
+		t.Errorf("worker list while w1 is away = %+v, want w1 away with a deadline and its systems first", list)
 	}
 	h.connect("w1", workers["w1"], cfg)
 	if list, err := registry.List(h.ctx); err != nil || list[0].State != web.WorkerConnected || list[0].AwayUntil != nil {

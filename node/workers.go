@@ -159,7 +159,7 @@ func (d *driver) workerLeft(ctx context.Context, w *protocol.RemoteWorker) {
 		}
 
 		outage := l.set(nil)
-		d.away.set(w.ID(), d.now().Add(d.cfg.WorkerLease))
+		d.away.set(w.ID(), d.now().Add(d.cfg.WorkerLease), w.Hello())
 		d.log.Info("worker connection dropped; its jobs wait for it to reconnect", "worker_id", w.ID(), "lease", d.cfg.WorkerLease)
 		decisions, err := d.sched.SetWorkerAway(w.ID(), true, d.now())
 		if err != nil {
@@ -403,9 +403,9 @@ type workerRegistry struct {
 	db  *db.DB
 	hub *protocol.Hub
 	now func() time.Time
-	// away reports until when a worker that is not connected keeps its
-	// jobs, and false when it keeps none. Nil reports none.
-	away func(id string) (time.Time, bool)
+	// away returns a worker that is not connected but keeps its jobs,
+	// and false for any other. Nil reports none.
+	away func(id string) (awayWorker, bool)
 	// revoked, when set, is called after a worker's token was revoked,
 	// so that the jobs of a worker that is away go to others at once.
 	revoked func(id string)
@@ -447,10 +447,15 @@ func (r *workerRegistry) List(ctx context.Context) ([]web.WorkerInfo, error) {
 		if r.away == nil {
 			continue
 		}
-		if until, ok := r.away(out[i].Name); ok {
-			until = until.UTC()
+		if aw, ok := r.away(out[i].Name); ok {
+			until := aw.until.UTC()
 			out[i].State = web.WorkerAway
 			out[i].AwayUntil = &until
+			// What it announced still holds: it comes back with the same
+			// systems, features and slots, or its jobs go elsewhere.
+			out[i].Systems = aw.hello.Systems
+			out[i].Features = aw.hello.Features
+			out[i].MaxJobs = aw.hello.MaxJobs
 		}
 	}
 	for _, st := range r.hub.Workers() {

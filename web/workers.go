@@ -35,7 +35,7 @@ const (
 
 // WorkerInfo is a worker as GET /api/v1/workers lists it. The fields from
 // the worker's handshake and heartbeats are empty while it is
-// disconnected.
+// disconnected; an away worker keeps its systems, features and max jobs.
 type WorkerInfo struct {
 	Name string `json:"name"`
 	// State is "connected", "away" or "disconnected".
