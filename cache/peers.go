@@ -84,7 +84,7 @@ var errPeerFault = errors.New("fetching from the peers failed")
 // goes Config.PeerTimeout without receiving NAR bytes, so a large path
 // on a slow link still arrives. It returns an error wrapping ErrNotFound
 // when no peer serves the path, or errPeerFault when the fetch failed
-// otherwise; either way the caller goes on to the upstreams.
+// otherwise. Either way the caller goes on to the upstreams.
 func (s *Store) fetchFromPeers(ctx context.Context, peers Peers, hashPart string) ([]byte, error) {
 	ch := s.peerFlights.DoChan(hashPart, func() (any, error) {
 		fetchCtx, cancel := context.WithCancelCause(s.background)

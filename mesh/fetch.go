@@ -231,7 +231,7 @@ func missingReferences(ctx context.Context, info *narinfo.NarInfo, sink protocol
 	return missing, nil
 }
 
-// block keeps id out of the candidates for BlockDuration. unsigned says
+// block keeps id out of the candidates for BlockDuration. unsigned reports
 // that its narinfo had no signature by a member's key, which a change of
 // the federation's keys may cure, see SetFederation.
 func (n *Node) block(id peer.ID, unsigned bool) {

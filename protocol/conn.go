@@ -26,7 +26,7 @@ type Conn interface {
 	Close(code websocket.StatusCode, reason string) error
 }
 
-// Pinger is a Conn that can check that the other side still answers.
+// Pinger is a Conn that can check that the other side still responds.
 type Pinger interface {
 	// Ping sends a ping and waits for the pong until ctx ends.
 	Ping(ctx context.Context) error

@@ -88,7 +88,7 @@ type Hello struct {
 	// MemoryBytes is the machine's total memory.
 	MemoryBytes uint64 `cbor:"memory_bytes"`
 	// Instance identifies the worker process, at random, so that the node
-	// tells a reconnect of the same process from a second process with
+	// can tell a reconnect of the same process from a second process with
 	// the same token. Empty from workers that do not send it.
 	Instance string `cbor:"instance,omitempty"`
 }

@@ -151,7 +151,7 @@ func (d *DetachedBuilds) evictOldestLog() {
 	delete(d.logs, oldest)
 }
 
-// takeLog returns and forgets the output that builds of drvPath wrote
+// takeLog returns and drops the output that builds of drvPath wrote
 // after their connection ended, once no session but s still runs such a
 // build, or after waiting at most wait for them.
 func (d *DetachedBuilds) takeLog(s *workerSession, drvPath string, wait time.Duration) []byte {
@@ -366,9 +366,9 @@ func workerHandshake(ctx context.Context, conn Conn, cfg ServeConfig) (*Welcome,
 }
 
 // heartbeats sends a Heartbeat every interval the node asked for. Over a
-// Conn that is a Pinger it also pings the node, and closes the connection
-// when no pong came within half the lease, so that a worker notices a
-// node that went silent on an open connection and connects again.
+// Conn that is a Pinger it also pings the node. When no pong comes
+// within half the lease it closes the connection, so that the worker
+// connects again to a node that went silent on an open connection.
 func (s *workerSession) heartbeats(ctx context.Context) {
 	interval := time.Duration(s.welcome.HeartbeatMillis) * time.Millisecond
 	pingTimeout := time.Duration(s.welcome.LeaseMillis) * time.Millisecond / 2

@@ -113,7 +113,7 @@ type worker struct {
 	away bool
 	// reserved counts slots that other work, such as evaluations, takes.
 	reserved int
-	jobs    []*job
+	jobs     []*job
 	// store contains the store paths ReportStore listed and the drv paths
 	// whose outputs the worker built or fetched for an assigned job.
 	store map[string]struct{}

@@ -98,9 +98,9 @@ func TestUnsupportedBuildsFail(t *testing.T) {
 		byName[b.Name] = b
 	}
 	want := map[string]struct{ status, err string }{
-		"native":    {"succeeded", ""},
-		"arm":       {"failed", "no worker for system aarch64-linux: connect a worker that has it, then evaluate again"},
-		"after-arm": {"dependency_failed", ""},
+		"native":        {"succeeded", ""},
+		"arm":           {"failed", "no worker for system aarch64-linux: connect a worker that has it, then evaluate again"},
+		"after-arm":     {"dependency_failed", ""},
 		"needs-feature": {"failed", "no worker for system x86_64-linux with features [gradient-none]: connect a worker that has them, then evaluate again"},
 		"after-feature": {"dependency_failed", ""},
 	}

@@ -130,7 +130,7 @@ type Build struct {
 	// WorkerID is the worker that runs or ran the build, set when the
 	// build starts.
 	WorkerID string `json:"worker_id,omitempty"`
-	// Waiting says why a queued build does not start, such as that no
+	// Waiting is the reason a queued build does not start, such as that no
 	// connected worker has its system and features; empty otherwise.
 	Waiting string `json:"waiting,omitempty"`
 	// Placement is the scheduler's reason for the build's last job, set
