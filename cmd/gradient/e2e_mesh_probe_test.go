@@ -114,11 +114,19 @@ func TestMeshUpstreamPeerServesXZ(t *testing.T) {
 		t.Errorf("A's narinfo of %s has NarHash %s, NarSize %d, want B's %s, %d",
 			storePath, infoA.NarHash, infoA.NarSize, infoB.NarHash, infoB.NarSize)
 	}
-	fromMesh := slices.ContainsFunc(strings.Split(a.logText(), "\n"), func(line string) bool {
-		return strings.Contains(line, "fetched a path from a mesh peer for the cache") &&
-			strings.Contains(line, hashPart) && strings.Contains(line, stB.PeerID)
-	})
-	if !fromMesh {
+	// The node's log reaches the test through a pipe, so the line may
+	// arrive a moment after the response.
+	fromMesh := func() bool {
+		return slices.ContainsFunc(strings.Split(a.logText(), "\n"), func(line string) bool {
+			return strings.Contains(line, "fetched a path from a mesh peer for the cache") &&
+				strings.Contains(line, hashPart) && strings.Contains(line, stB.PeerID)
+		})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !fromMesh() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !fromMesh() {
 		t.Errorf("A's log shows no mesh fetch of %s from B, want the path from B over the mesh, not over HTTP", path.Base(storePath))
 	}
 }
