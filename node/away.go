@@ -130,7 +130,7 @@ type awayWorkers struct {
 type awayWorker struct {
 	// until is when its jobs go to other workers.
 	until time.Time
-	// hello is what it announced on its last connection.
+	// hello is the Hello of its last connection.
 	hello protocol.Hello
 }
 

@@ -251,9 +251,9 @@ func TestEvaluationReservesSlot(t *testing.T) {
 }
 
 // TestBuildMovesOffFaultyWorker checks that a build on a worker that
-// cannot start nix goes to another worker, and that without one it fails
-// with the worker's error, also in an evaluation that the node ends
-// itself because another build has no worker at all.
+// cannot start nix goes to another worker. Without one it fails with the
+// worker's error, also in an evaluation that the node ends itself
+// because another build has no worker at all.
 func TestBuildMovesOffFaultyWorker(t *testing.T) {
 	res := graphResult(testDrv{name: "a"}, testDrv{name: "gpu", features: []string{"gpu"}})
 	broken := &fakeWorker{

@@ -112,7 +112,7 @@ func TestRemoteWorkerDropped(t *testing.T) {
 }
 
 // TestStoppedWorkerNotDropped stops a worker that is connected over a
-// real WebSocket by ending Serve's context: the node sees a normal
+// real WebSocket by ending Serve's context: the node gets a normal
 // closure, not a dropped connection, so it need not wait a lease.
 func TestStoppedWorkerNotDropped(t *testing.T) {
 	th := newTestHub(t, map[string]string{"token-1": "w1"})
@@ -198,7 +198,7 @@ func TestBackoffFitsLease(t *testing.T) {
 	}
 }
 
-// silentConn is a Conn whose pings are never answered, as over a
+// silentConn is a Conn whose pings never get a pong, as over a
 // connection that went silent while it stays open.
 type silentConn struct{ Conn }
 

@@ -35,7 +35,7 @@ func DialWebSocket(serverURL, token string) Dialer {
 		if err != nil {
 			if resp != nil && resp.StatusCode == http.StatusNotFound {
 				// Retrying cannot help: the URL names no node.
-				return nil, &RejectError{Reason: fmt.Sprintf("%s answered 404: it is not a Gradient node, or --server has a wrong path; give the node's base URL, such as http://node:3000", url)}
+				return nil, &RejectError{Reason: fmt.Sprintf("%s returned HTTP 404: it is not a Gradient node, or --server has a wrong path; give the node's base URL, such as http://node:3000", url)}
 			}
 			if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
 				reason := resp.Status

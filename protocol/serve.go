@@ -265,8 +265,8 @@ type workerSession struct {
 
 // Serve runs one session of a worker over conn: the handshake, then the
 // jobs the node offers, until the connection or ctx ends. When ctx ends
-// it closes conn with a normal closure, so the node sees a worker that
-// stopped rather than a dropped connection. It cancels the session's
+// it closes conn with a normal closure, so the node treats the worker as
+// stopped rather than dropped. It cancels the session's
 // running jobs when it returns, except builds that cfg.Detached lets
 // finish, and returns why the session ended: a *RejectError when the
 // node refused the worker.
@@ -381,8 +381,8 @@ func (s *workerSession) heartbeats(ctx context.Context) {
 			err := pinger.Ping(pingCtx)
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				s.log.Warn("the node did not answer a ping; connecting again", "timeout", pingTimeout, "err", err)
-				s.conn.Close(websocket.StatusGoingAway, "the node did not answer a ping")
+				s.log.Warn("the node did not respond to a ping; connecting again", "timeout", pingTimeout, "err", err)
+				s.conn.Close(websocket.StatusGoingAway, "the node did not respond to a ping")
 				return
 			}
 		}
