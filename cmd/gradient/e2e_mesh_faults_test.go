@@ -83,21 +83,7 @@ func TestMeshTamperedNARRejected(t *testing.T) {
 	if len(stA.Addrs) == 0 {
 		t.Fatalf("A's mesh status = %+v, want an address", stA)
 	}
-	a.mustCLI("project", "create", "demo/hello", "--flake", exampleFlake(t))
-	if _, progress, code := a.cli("project", "evaluate", "demo/hello", "--wait"); code != 0 {
-		t.Fatalf("evaluate on A: exit %d\n%s", code, progress)
-	}
-	var show projectShow
-	decodeJSON(t, a.mustCLI("project", "show", "demo/hello", "--json"), &show)
-	var helloOut string
-	for _, b := range show.Builds {
-		if b.Name == "hello-1.0" {
-			helloOut = b.Outputs["out"]
-		}
-	}
-	if helloOut == "" {
-		t.Fatalf("no output of hello-1.0 on A in %+v", show.Builds)
-	}
+	helloOut := buildHello(t, a)
 	want, err := os.ReadFile(filepath.Join(a.store, helloOut))
 	if err != nil {
 		t.Fatal(err)

@@ -243,21 +243,7 @@ func TestMeshNetNSSubstitutesAcrossVeth(t *testing.T) {
 		t.Fatalf("A's mesh addresses = %q, want one on %s", stA.Addrs, netnsAddrA)
 	}
 
-	a.mustCLI("project", "create", "demo/hello", "--flake", exampleFlake(t))
-	if _, progress, code := a.cli("project", "evaluate", "demo/hello", "--wait"); code != 0 {
-		t.Fatalf("evaluate on A: exit %d\n%s", code, progress)
-	}
-	var show projectShow
-	decodeJSON(t, a.mustCLI("project", "show", "demo/hello", "--json"), &show)
-	var helloOut string
-	for _, b := range show.Builds {
-		if b.Name == "hello-1.0" {
-			helloOut = b.Outputs["out"]
-		}
-	}
-	if helloOut == "" {
-		t.Fatalf("no output of hello-1.0 on A in %+v", show.Builds)
-	}
+	helloOut := buildHello(t, a)
 
 	// B joins through A's veth address.
 	b := startNetNSNode(t, nsB, memberB.dataDir, storeDir(t, "store-b"), "--no-worker",

@@ -161,21 +161,7 @@ func TestMeshSubstitutesFromPeer(t *testing.T) {
 		t.Fatalf("A's mesh status = %+v, want cache key %s and an address", stA, memberA.publicKey)
 	}
 
-	a.mustCLI("project", "create", "demo/hello", "--flake", exampleFlake(t))
-	if _, progress, code := a.cli("project", "evaluate", "demo/hello", "--wait"); code != 0 {
-		t.Fatalf("evaluate on A: exit %d\n%s", code, progress)
-	}
-	var show projectShow
-	decodeJSON(t, a.mustCLI("project", "show", "demo/hello", "--json"), &show)
-	var helloOut string
-	for _, b := range show.Builds {
-		if b.Name == "hello-1.0" {
-			helloOut = b.Outputs["out"]
-		}
-	}
-	if helloOut == "" {
-		t.Fatalf("no output of hello-1.0 on A in %+v", show.Builds)
-	}
+	helloOut := buildHello(t, a)
 
 	// C joins through A's address.
 	c := startNode(t, memberC.dataDir, storeDir(t, "store-c"), "--no-worker",
@@ -415,4 +401,33 @@ func TestMeshPeerBuildFailureBuildsLocally(t *testing.T) {
 	if !strings.Contains(logB, `msg="job assigned"`) {
 		t.Error("B assigned no job, want a local build after A's failure")
 	}
+}
+
+// cliRunner runs gradient client commands against a node: a *node, or
+// an *nsNode in a network namespace.
+type cliRunner interface {
+	cli(args ...string) (stdout, stderr string, code int)
+	mustCLI(args ...string) string
+}
+
+// buildHello builds docs/examples/hello on node a, which has a worker,
+// and returns the output path of hello-1.0.
+func buildHello(t *testing.T, a cliRunner) string {
+	t.Helper()
+	a.mustCLI("project", "create", "demo/hello", "--flake", exampleFlake(t))
+	if _, progress, code := a.cli("project", "evaluate", "demo/hello", "--wait"); code != 0 {
+		t.Fatalf("evaluate on A: exit %d\n%s", code, progress)
+	}
+	var show projectShow
+	decodeJSON(t, a.mustCLI("project", "show", "demo/hello", "--json"), &show)
+	var helloOut string
+	for _, b := range show.Builds {
+		if b.Name == "hello-1.0" {
+			helloOut = b.Outputs["out"]
+		}
+	}
+	if helloOut == "" {
+		t.Fatalf("no output of hello-1.0 on A in %+v", show.Builds)
+	}
+	return helloOut
 }
