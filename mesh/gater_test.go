@@ -120,7 +120,7 @@ func (b *syncBuffer) count(s string) int {
 
 // TestRejectionIsLogged has a stranger bootstrap from a member that does
 // not trust it, over QUIC, where the stranger's dial succeeds before the
-// member closes the connection. Each side says so once, at info level or
+// member closes the connection. Each side logs it once, at info level or
 // above, while the stranger keeps dialling.
 func TestRejectionIsLogged(t *testing.T) {
 	keys := make([]crypto.PrivKey, 2)

@@ -35,8 +35,8 @@ type memCache struct {
 	mu    sync.Mutex
 	infos map[string]*narinfo.NarInfo
 	files map[string][]byte
-	// given holds the signatures that PutNAR received, by store path.
-	given map[string][]string
+	// receivedSigs holds the signatures that PutNAR received, by store path.
+	receivedSigs map[string][]string
 }
 
 func newMemCache(t testing.TB, name string) *memCache {
@@ -102,19 +102,19 @@ func (c *memCache) PutNAR(_ context.Context, info protocol.PathInfo, nar io.Read
 	}
 	c.put(info.StorePath, data, refs, c.key)
 	c.mu.Lock()
-	if c.given == nil {
-		c.given = map[string][]string{}
+	if c.receivedSigs == nil {
+		c.receivedSigs = map[string][]string{}
 	}
-	c.given[info.StorePath] = info.Signatures
+	c.receivedSigs[info.StorePath] = info.Signatures
 	c.mu.Unlock()
 	return nil
 }
 
-// givenSignatures returns the signatures PutNAR received for storePath.
-func (c *memCache) givenSignatures(storePath string) []string {
+// receivedSignatures returns the signatures PutNAR received for storePath.
+func (c *memCache) receivedSignatures(storePath string) []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.given[storePath]
+	return c.receivedSigs[storePath]
 }
 
 // put stores data as the NAR of storePath, signed by key.

@@ -111,7 +111,7 @@ func TestFetchSkipsTamperedNAR(t *testing.T) {
 		t.Errorf("C's NAR of %s = %q, want the good bytes", p, got)
 	}
 	// A's signature goes along, so clients that trust A can check C's copy.
-	if sigs := c.cache.givenSignatures(p); len(sigs) != 1 || !strings.HasPrefix(sigs[0], a.cache.pub.Name+":") {
+	if sigs := c.cache.receivedSignatures(p); len(sigs) != 1 || !strings.HasPrefix(sigs[0], a.cache.pub.Name+":") {
 		t.Errorf("signatures passed to C's cache = %q, want A's one", sigs)
 	}
 	if n := c.Stats().BlockedPeers; n != 1 {

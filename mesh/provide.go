@@ -125,9 +125,9 @@ func (n *Node) putProviderRecords(ctx context.Context, key multihash.Multihash, 
 }
 
 // resolveMember returns nil when the node is connected to id or has an
-// address of it in the peerstore. Otherwise it looks the peer up in the DHT, at most once
-// per resolveRetry for each peer, and concurrent callers wait for the
-// same lookup.
+// address of it in the peerstore. Otherwise it looks the peer up in the
+// DHT. Concurrent callers wait for the same lookup, and after a failed
+// lookup the peer is not looked up again for resolveRetry.
 func (n *Node) resolveMember(ctx context.Context, id peer.ID) error {
 	if n.host.Network().Connectedness(id) == network.Connected || len(n.host.Peerstore().Addrs(id)) > 0 {
 		return nil

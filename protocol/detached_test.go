@@ -250,7 +250,7 @@ func TestDetachedOutputReachesNextJob(t *testing.T) {
 }
 
 // startSession starts Serve with cfg over a Pipe, replies to its Hello with a
-// Welcome that asks for heartbeats every heartbeatMillis, and returns the
+// Welcome that sets the heartbeat interval to heartbeatMillis, and returns the
 // node's end.
 func startSession(ctx context.Context, t *testing.T, cfg ServeConfig, heartbeatMillis int64) Conn {
 	t.Helper()

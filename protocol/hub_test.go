@@ -433,7 +433,7 @@ func (l *logBuffer) String() string {
 	return l.buf.String()
 }
 
-// TestDialNotANode checks that a worker pointed at a server that answers
+// TestDialNotANode checks that a worker pointed at a server that returns
 // 404, such as a URL with a wrong path, stops with a reason instead of
 // retrying forever.
 func TestDialNotANode(t *testing.T) {

@@ -463,7 +463,7 @@ func waitBuilderRunning(t *testing.T, n *node, project string) uint64 {
 
 // TestBuildSurvivesDroppedConnection cuts a worker's connection while its
 // builder runs, with a second worker idle. The node keeps the job for the
-// worker's lease; the worker lets nix finish the build, reconnects, and
+// worker's lease. The worker lets nix finish the build, reconnects, and
 // completes the job's next offer from its store, so the builder runs once
 // and the idle worker builds nothing.
 func TestBuildSurvivesDroppedConnection(t *testing.T) {
