@@ -29,8 +29,9 @@ const replication = amino.DefaultBucketSize
 // left out of the record holders before the node looks for it again.
 const resolveRetry = time.Minute
 
-// errNoPeerStored is returned by provide when no member accepted a record.
-var errNoPeerStored = errors.New("no federation member stored the provider record")
+// errNoPeerStored is returned by provide when the record reached no
+// member. ADD_PROVIDER has no response, so "reached" means sent.
+var errNoPeerStored = errors.New("the provider record reached no federation member")
 
 // provide publishes the provider record of one store path. kad-dht's
 // Provide finds the k closest peers with a network lookup for every key,
@@ -60,9 +61,9 @@ func (n *Node) provide(ctx context.Context, hashPart string) error {
 }
 
 // putProviderRecords sends the provider record of key to the first
-// replication peers of candidates that accept it, going down the list
-// past each peer that fails. It returns the number of peers that accepted
-// it and the last error.
+// replication peers of candidates it can be sent to, going down the list
+// past each peer that fails. It returns the number of peers it was sent to
+// and the last error.
 func (n *Node) putProviderRecords(ctx context.Context, key multihash.Multihash, candidates []peer.ID) (int, error) {
 	self := peer.AddrInfo{ID: n.host.ID(), Addrs: n.dht.FilteredAddrs()}
 
@@ -85,8 +86,8 @@ func (n *Node) putProviderRecords(ctx context.Context, key multihash.Multihash, 
 		return candidates[next-1], true
 	}
 
-	// Each goroutine stops after one peer accepted the record, so at
-	// most replication peers store it.
+	// Each goroutine stops after one peer got the record, so at most
+	// replication peers get it.
 	var wg sync.WaitGroup
 	for range min(replication, len(candidates)) {
 		wg.Go(func() {

@@ -74,12 +74,16 @@ func TestProvideSkipsUnreachableMember(t *testing.T) {
 		t.Fatalf("provide(%s) = %v, want nil", p, err)
 	}
 
+	// ADD_PROVIDER is a message without a response, so a peer may store
+	// the record a moment after provide returned.
 	key := wire.PathKey(narinfo.HashPart(p)).Hash()
 	for i, tn := range m.nodes {
-		providers, err := tn.dht.ProviderStore().GetProviders(context.Background(), key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var providers []peer.AddrInfo
+		waitFor(t, fmt.Sprintf("node %d to store the record", i), func() bool {
+			var err error
+			providers, err = tn.dht.ProviderStore().GetProviders(context.Background(), key)
+			return err == nil && len(providers) > 0
+		})
 		if len(providers) != 1 || providers[0].ID != a.ID() {
 			t.Errorf("node %d stores providers %v for %s, want node A", i, providers, p)
 		}
