@@ -63,9 +63,11 @@ func storeDir(t *testing.T, name string) string {
 }
 
 // nixArgs are the options every nix client call of the tests passes, so
-// that nothing depends on the machine's nix.conf. Nix remembers a missing
-// narinfo for an hour by default, per cache URL and per user, so a lookup
-// that the worker made before a path was built would hide it otherwise.
+// that nothing depends on the machine's nix.conf. Nix remembers narinfos
+// per cache URL and per user, a missing one for an hour and a found one
+// for a month by default. A lookup made before a path was built would
+// hide it otherwise, and a node on a port that an earlier test's node
+// used, with another key, would get that node's narinfos.
 func nixArgs(store string) []string {
 	return []string{
 		"--extra-experimental-features", "nix-command flakes",
@@ -75,6 +77,7 @@ func nixArgs(store string) []string {
 		"--option", "sandbox-paths", "/bin/sh=/bin/busybox",
 		"--option", "build-users-group", "",
 		"--option", "narinfo-cache-negative-ttl", "0",
+		"--option", "narinfo-cache-positive-ttl", "0",
 	}
 }
 

@@ -130,6 +130,9 @@ func (c *Client) settingArgs() []string {
 		// node's cache gains paths during an evaluation, so an input that
 		// was missing a minute ago must be looked up again, not rebuilt.
 		"--option", "narinfo-cache-negative-ttl", "0",
+		// A found one it remembers for a month, so a node that answers on
+		// the URL of an earlier one, with another key, would look unsigned.
+		"--option", "narinfo-cache-positive-ttl", "0",
 		// The node's cache answers 502 or 504 when an upstream fails. Nix
 		// treats that as fatal unless fallback lets it build the path.
 		"--option", "fallback", "true",
