@@ -48,8 +48,12 @@ func newSimCommand() *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "graph:\t%s (%d derivations, seed %d)\n", res.Graph, res.Derivations, res.Seed)
 			fmt.Fprintf(tw, "workers:\t%d (%d slots), policy %s\n", res.Workers, res.Slots, res.Policy)
+			if res.SerialBuilds {
+				fmt.Fprintf(tw, "builds:\tserial, one core each\n")
+			}
 			fmt.Fprintf(tw, "makespan:\t%.0f s\n", res.MakespanS)
 			fmt.Fprintf(tw, "lower bound:\t%.0f s (ratio %.3f)\n", res.LowerBoundS, res.MakespanS/res.LowerBoundS)
+			fmt.Fprintf(tw, "release bound:\t%.0f s (ratio %.3f)\n", res.ReleaseBoundS, res.MakespanS/res.ReleaseBoundS)
 			fmt.Fprintf(tw, "bytes moved:\t%d\n", res.BytesMoved)
 			fmt.Fprintf(tw, "duplicate builds:\t%d\n", res.DuplicateBuilds)
 			fmt.Fprintf(tw, "max decision time:\t%.1f µs\n", res.MaxDecisionUS)
@@ -60,7 +64,8 @@ func newSimCommand() *cobra.Command {
 	f.StringVar(&opts.Graph, "graph", "", "graph kind ("+strings.Join(sim.Kinds, ", ")+") or graph file written by 'gradient project graph --json'")
 	f.IntVar(&opts.Size, "size", 0, "derivations in a generated graph (default: depends on the kind)")
 	f.IntVar(&opts.Workers, "workers", 8, "number of simulated workers")
-	f.IntVar(&opts.Cores, "cores", 4, "jobs each worker runs at once")
+	f.IntVar(&opts.Cores, "cores", 4, "cores of each worker, which is also the number of jobs it runs at once")
+	f.BoolVar(&opts.SerialBuilds, "serial-builds", false, "build every derivation on one core, as if none had enableParallelBuilding")
 	f.StringVar(&speeds, "speeds", "", "comma-separated worker speeds, assigned in turn (default 1 for every worker)")
 	f.Float64Var(&opts.Bandwidth, "bandwidth", 100e6, "bytes per second a worker fetches inputs at")
 	f.StringVar(&policy, "policy", string(scheduler.PolicyGradient), "scheduling policy: gradient, hydra or fifo")

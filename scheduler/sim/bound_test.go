@@ -208,3 +208,34 @@ func TestBoundsChainThenLeaves(t *testing.T) {
 		t.Errorf("optimalMakespan = %v, want 4", got)
 	}
 }
+
+// With parallel builds no exhaustive search is practical, but no policy
+// may finish before the bounds, which are proved for that model too.
+func TestBoundsBelowParallelRuns(t *testing.T) {
+	const tolerance = 1e-9
+	rng := rand.New(rand.NewPCG(17, 19))
+	for round := 0; round < 300; round++ {
+		g := randomSmallGraph(rng, 12)
+		for i := range g.Derivations {
+			g.Derivations[i].Cores = rng.IntN(9)
+		}
+		opts := mustDefaults(t, Options{
+			Workers: 1 + rng.IntN(3),
+			Cores:   1 + rng.IntN(4),
+			Speeds:  [][]float64{{1}, {1, 2}, {1.5, 1, 3}}[rng.IntN(3)],
+		})
+		b := computeBounds(g, opts)
+		for _, policy := range scheduler.Policies {
+			o := opts
+			o.Policy = policy
+			r, err := RunGraph(context.Background(), g, o)
+			if err != nil {
+				t.Fatalf("graph %d: RunGraph(%s) = %v", round, policy, err)
+			}
+			if r.MakespanS < b.release-tolerance {
+				t.Errorf("graph %d (%d derivations, %d workers of %d cores, speeds %v): %s makespan %v, below the release bound %v",
+					round, len(g.Derivations), opts.Workers, opts.Cores, opts.Speeds, policy, r.MakespanS, b.release)
+			}
+		}
+	}
+}

@@ -28,8 +28,13 @@ type Node struct {
 	Inputs []int
 	// OutputSize is the NAR size of the outputs in bytes.
 	OutputSize uint64
-	// BuildTime is the build time in seconds on a worker of speed 1.
+	// BuildTime is the build's work: its time in seconds on one core of
+	// a worker of speed 1.
 	BuildTime float64
+	// Cores is the number of cores the build keeps busy when it has them,
+	// as a build with enableParallelBuilding does with `make -j`. 0 and 1
+	// mean a serial build.
+	Cores int
 	// Cached marks a derivation whose outputs are in the cache already.
 	Cached bool
 }
@@ -75,7 +80,10 @@ func Generate(kind string, size int, seed uint64) (*Graph, error) {
 		return nil, fmt.Errorf("generate %s graph: size %d is not in [1, %d]", kind, size, MaxDerivations)
 	}
 
-	g := &generator{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+	g := &generator{
+		rng:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		parallelRNG: rand.New(rand.NewPCG(seed, 0x7a11e1)),
+	}
 	switch kind {
 	case "chain":
 		g.chain(size)
@@ -94,8 +102,23 @@ func Generate(kind string, size int, seed uint64) (*Graph, error) {
 }
 
 type generator struct {
-	rng   *rand.Rand
-	graph Graph
+	rng *rand.Rand
+	// parallelRNG decides which builds are parallel. It is separate from
+	// rng so that the graph's shape, times and sizes do not depend on it.
+	parallelRNG *rand.Rand
+	graph       Graph
+}
+
+// parallelCores is Node.Cores of a parallel build: more cores than a
+// simulated worker has, so it uses all of them when it runs alone.
+const parallelCores = 64
+
+// parallel returns parallelCores with probability share, else 1.
+func (g *generator) parallel(share float64) int {
+	if g.parallelRNG.Float64() < share {
+		return parallelCores
+	}
+	return 1
 }
 
 // logNormal draws from a log-normal distribution with the given median
@@ -179,6 +202,17 @@ func (g *generator) layered(size int) {
 	}
 }
 
+// Shares of parallel builds in the nixpkgs-shaped graph, estimates. The
+// bootstrap's compilers and C library build with `make -j`. Builds with
+// cmake, meson or ninja are parallel by default in nixpkgs, and many
+// autotools packages set enableParallelBuilding. Wrappers do no work worth
+// spreading.
+const (
+	bootstrapParallel = 1.0
+	libraryParallel   = 0.7
+	appParallel       = 0.5
+)
+
 // nixpkgs makes the nixpkgs-shaped graph. The proportions are estimates
 // chosen to look like a nixpkgs mass rebuild, not measurements of one.
 // The bootstrap chain is 1/400 of the derivations but at most 50. The
@@ -192,6 +226,7 @@ func (g *generator) nixpkgs(size int) {
 			inputs = []int{i - 1}
 		}
 		stdenv = g.add("bootstrap", inputs, 60, 1.0, 50e6, 0.8)
+		g.graph.Derivations[stdenv].Cores = g.parallel(bootstrapParallel)
 	}
 
 	remaining := size - bootstrapLength
@@ -209,7 +244,9 @@ func (g *generator) nixpkgs(size int) {
 			for k := g.rng.IntN(5); k > 0 && len(libraries) > 0; k-- {
 				inputs = append(inputs, g.popular(libraries))
 			}
-			layer = append(layer, g.add("lib", inputs, 40, 1.3, 5e6, 1.6))
+			lib := g.add("lib", inputs, 40, 1.3, 5e6, 1.6)
+			g.graph.Derivations[lib].Cores = g.parallel(libraryParallel)
+			layer = append(layer, lib)
 		}
 		libraries = append(libraries, layer...)
 	}
@@ -228,7 +265,9 @@ func (g *generator) nixpkgs(size int) {
 		for k := 1 + g.rng.IntN(6); k > 0 && len(libraries) > 0; k-- {
 			inputs = append(inputs, g.popular(libraries))
 		}
-		leaves = append(leaves, g.add("app", inputs, 20, 1.5, 2e6, 1.8))
+		app := g.add("app", inputs, 20, 1.5, 2e6, 1.8)
+		g.graph.Derivations[app].Cores = g.parallel(appParallel)
+		leaves = append(leaves, app)
 	}
 }
 

@@ -5,14 +5,21 @@
 //
 // The simulation is a discrete-event loop in simulated time that drives
 // the real scheduler.Scheduler, so it measures the code the node runs.
-// A simulated worker runs Cores jobs at once. A job first fetches the
-// outputs of its inputs that its worker's store lacks, at Bandwidth, then
-// builds its derivations one after the other, each in its true build time
-// divided by the worker's speed. Fetched and built outputs stay in the
-// store for good: workers never collect garbage.
+// A simulated worker has Cores cores and runs up to Cores jobs at once. A
+// job first fetches the outputs of its inputs that its worker's store
+// lacks, at Bandwidth, then builds its derivations one after the other.
+// The builds running on a worker share its cores as the kernel shares
+// them between nix builds that each see every core, which is what nix
+// does by default (its `cores` setting is the machine's core count): a
+// serial build uses one core, a parallel one (Node.Cores) as many as it
+// can get, and no build gets more than an equal share while others want
+// more. A build is done when it has had its BuildTime in core-seconds at
+// the worker's speed. Fetched and built outputs stay in the store for
+// good: workers never collect garbage.
 package sim
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
@@ -53,8 +60,13 @@ type Options struct {
 	Size int
 	// Workers is the number of simulated workers, at least 1.
 	Workers int
-	// Cores is the number of jobs a worker runs at once. Default 4.
+	// Cores is the number of cores of a worker, which is also the number
+	// of jobs it runs at once. Default 4.
 	Cores int
+	// SerialBuilds makes every build use one core, as if no derivation
+	// had enableParallelBuilding. Without it, a derivation uses up to
+	// Node.Cores cores.
+	SerialBuilds bool
 	// Speeds are the worker speeds, given to the workers in turn. Default
 	// 1 for every worker.
 	Speeds []float64
@@ -86,6 +98,8 @@ type Result struct {
 	Slots       int    `json:"slots"`
 	Policy      string `json:"policy"`
 	Seed        uint64 `json:"seed"`
+	// SerialBuilds is set when every build used one core.
+	SerialBuilds bool `json:"serial_builds"`
 
 	// MakespanS is the simulated time from the graph's arrival to the end
 	// of its last build, in seconds.
@@ -93,7 +107,8 @@ type Result struct {
 	// LowerBoundS is the larger of CriticalPathS and WorkPerSlotS: no
 	// schedule can finish sooner, fetching included or not.
 	LowerBoundS float64 `json:"lower_bound_s"`
-	// CriticalPathS is the longest path of build times through the graph
+	// CriticalPathS is the longest path through the graph of shortest
+	// build times: each build on as many of a worker's cores as it uses,
 	// at the fastest worker's speed.
 	CriticalPathS float64 `json:"critical_path_s"`
 	// ReleaseBoundS is a lower bound at least as high as LowerBoundS. It
@@ -102,8 +117,8 @@ type Result struct {
 	// workers of cores times speed. It exposes graphs where LowerBoundS
 	// cannot be reached, such as one with a long bootstrap chain.
 	ReleaseBoundS float64 `json:"release_bound_s"`
-	// WorkPerSlotS is the sum of build times divided by the sum over
-	// workers of cores times speed.
+	// WorkPerSlotS is the total work, in core-seconds, divided by the
+	// sum over workers of cores times speed.
 	WorkPerSlotS float64 `json:"work_per_slot_s"`
 	// BytesMoved is the sum of the bytes workers fetched: the output sizes
 	// of the inputs each job needed and its worker's store lacked.
@@ -213,27 +228,51 @@ type simWorker struct {
 	speed float64
 	// store[i] is set when the worker holds the outputs of derivation i.
 	store []bool
+	// building lists the builds that run on the worker's cores.
+	building []*simBuild
+	// updated is the time up to which the work left of building is
+	// counted.
+	updated float64
+	// version changes whenever building or its rates change, which makes
+	// finish events pushed before stale.
+	version uint64
+}
+
+// simBuild is one derivation building on a worker.
+type simBuild struct {
+	jobID string
+	drv   int
+	// left is the work left in core-seconds at speed 1.
+	left float64
+	// cores is the most cores the build uses, and rate the cores it gets.
+	cores float64
+	rate  float64
 }
 
 type simJob struct {
 	worker *simWorker
 	links  []int
+	// next is the index in links of the next derivation to build.
+	next int
 }
 
 type eventKind int
 
 const (
-	jobStarted eventKind = iota
-	derivationBuilt
-	jobFinished
+	// fetched: a job has its inputs and starts its first build.
+	fetched eventKind = iota
+	// buildFinished: a build may have finished, unless its worker's
+	// version has changed since the event was pushed.
+	buildFinished
 )
 
 type event struct {
-	at    float64
-	seq   uint64
-	kind  eventKind
-	jobID string
-	drv   int
+	at      float64
+	seq     uint64
+	kind    eventKind
+	jobID   string
+	worker  *simWorker
+	version uint64
 }
 
 type eventQueue []event
@@ -293,12 +332,13 @@ func newSimulation(g *Graph, opts Options) (*simulation, error) {
 	}
 
 	sm.result = Result{
-		Graph:       opts.Graph,
-		Derivations: len(g.Derivations),
-		Workers:     opts.Workers,
-		Slots:       opts.Workers * opts.Cores,
-		Policy:      string(opts.Policy),
-		Seed:        opts.Seed,
+		Graph:        opts.Graph,
+		Derivations:  len(g.Derivations),
+		Workers:      opts.Workers,
+		Slots:        opts.Workers * opts.Cores,
+		Policy:       string(opts.Policy),
+		Seed:         opts.Seed,
+		SerialBuilds: opts.SerialBuilds,
 	}
 	sm.lowerBound()
 	if !opts.NoHistory {
@@ -448,26 +488,107 @@ func (sm *simulation) run(ctx context.Context) error {
 }
 
 func (sm *simulation) handle(e event) error {
-	now := sm.at(e.at)
 	switch e.kind {
-	case jobStarted:
-		if err := sm.sched.JobStarted(e.jobID, now); err != nil {
+	case fetched:
+		if err := sm.sched.JobStarted(e.jobID, sm.at(e.at)); err != nil {
 			return fmt.Errorf("simulate: %w", err)
 		}
-		return nil
-	case derivationBuilt:
 		j := sm.jobs[e.jobID]
-		j.worker.store[e.drv] = true
-		sm.builds[e.drv]++
-		return sm.call(false, func() ([]scheduler.Decision, error) {
-			return sm.sched.DerivationBuilt(e.jobID, sm.graph.Derivations[e.drv].DrvPath, now)
-		})
+		j.worker.advance(sm.now)
+		sm.startBuild(e.jobID, j)
+		sm.reschedule(j.worker)
+		return nil
 	default:
-		delete(sm.jobs, e.jobID)
-		return sm.call(false, func() ([]scheduler.Decision, error) {
-			return sm.sched.JobFinished(e.jobID, now)
-		})
+		if e.version != e.worker.version {
+			return nil
+		}
+		return sm.finishBuild(e.worker)
 	}
+}
+
+// startBuild puts the next derivation of job j on its worker's cores.
+func (sm *simulation) startBuild(jobID string, j *simJob) {
+	n := sm.graph.Derivations[j.links[j.next]]
+	j.worker.building = append(j.worker.building, &simBuild{
+		jobID: jobID,
+		drv:   j.links[j.next],
+		left:  n.BuildTime,
+		cores: buildCores(n, sm.opts),
+	})
+}
+
+// finishBuild ends the build of w that has the least work left, which the
+// event that called it found finished, and starts the next derivation of
+// its job or finishes the job.
+func (sm *simulation) finishBuild(w *simWorker) error {
+	w.advance(sm.now)
+	first := 0
+	for i, b := range w.building {
+		if b.left/b.rate < w.building[first].left/w.building[first].rate {
+			first = i
+		}
+	}
+	b := w.building[first]
+	w.building = slices.Delete(w.building, first, first+1)
+
+	w.store[b.drv] = true
+	sm.builds[b.drv]++
+	now := sm.at(sm.now)
+	err := sm.call(false, func() ([]scheduler.Decision, error) {
+		return sm.sched.DerivationBuilt(b.jobID, sm.graph.Derivations[b.drv].DrvPath, now)
+	})
+	if err != nil {
+		return err
+	}
+
+	j := sm.jobs[b.jobID]
+	j.next++
+	if j.next < len(j.links) {
+		sm.startBuild(b.jobID, j)
+	} else {
+		delete(sm.jobs, b.jobID)
+		err := sm.call(false, func() ([]scheduler.Decision, error) {
+			return sm.sched.JobFinished(b.jobID, now)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	sm.reschedule(w)
+	return nil
+}
+
+// advance counts the work the builds of w did from w.updated to now.
+func (w *simWorker) advance(now float64) {
+	for _, b := range w.building {
+		b.left = max(0, b.left-b.rate*w.speed*(now-w.updated))
+	}
+	w.updated = now
+}
+
+// reschedule shares the cores of w between its builds and pushes the
+// event of the build that finishes first. A build gets as many cores as
+// it uses, up to an equal share of the cores the builds using fewer
+// leave: water-filling, as the kernel's fair scheduler divides CPU time
+// between busy processes.
+func (sm *simulation) reschedule(w *simWorker) {
+	w.version++
+	if len(w.building) == 0 {
+		return
+	}
+	slices.SortStableFunc(w.building, func(a, b *simBuild) int { return cmp.Compare(a.cores, b.cores) })
+	free := float64(sm.opts.Cores)
+	for i, b := range w.building {
+		share := free / float64(len(w.building)-i)
+		b.rate = min(b.cores, share)
+		free -= b.rate
+	}
+
+	next := math.Inf(1)
+	for _, b := range w.building {
+		next = min(next, b.left/(b.rate*w.speed))
+	}
+	sm.push(event{at: sm.now + next, kind: buildFinished, worker: w, version: w.version})
 }
 
 // apply carries out one decision: an Assign becomes the events of its
@@ -497,25 +618,19 @@ func (sm *simulation) startJob(a scheduler.Assign) error {
 	sm.result.Jobs++
 
 	// Fetch every input from outside the job that the store lacks.
-	var fetched uint64
+	var fetchedBytes uint64
 	for _, link := range j.links {
 		for _, in := range sm.graph.Derivations[link].Inputs {
 			if w.store[in] || slices.Contains(j.links, in) {
 				continue
 			}
 			w.store[in] = true
-			fetched += sm.graph.Derivations[in].OutputSize
+			fetchedBytes += sm.graph.Derivations[in].OutputSize
 		}
 	}
-	sm.result.BytesMoved += fetched
+	sm.result.BytesMoved += fetchedBytes
 
-	t := sm.now + float64(fetched)/sm.opts.Bandwidth
-	sm.push(event{at: t, kind: jobStarted, jobID: a.JobID})
-	for _, link := range j.links {
-		t += sm.graph.Derivations[link].BuildTime / w.speed
-		sm.push(event{at: t, kind: derivationBuilt, jobID: a.JobID, drv: link})
-	}
-	sm.push(event{at: t, kind: jobFinished, jobID: a.JobID})
+	sm.push(event{at: sm.now + float64(fetchedBytes)/sm.opts.Bandwidth, kind: fetched, jobID: a.JobID})
 	return nil
 }
 

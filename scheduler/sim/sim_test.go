@@ -171,3 +171,75 @@ func BenchmarkRunNixpkgs(b *testing.B) {
 		}
 	}
 }
+
+// On one worker of four cores, a serial build gets one core and a
+// parallel one the other three while both run, then all four.
+func TestRunSharesCores(t *testing.T) {
+	g := &Graph{Derivations: []Node{
+		{DrvPath: "/nix/store/0-root.drv", Name: "root-1", System: "x86_64-linux", BuildTime: 8, Cores: 64},
+		{DrvPath: "/nix/store/1-serial.drv", Name: "serial-1", System: "x86_64-linux", BuildTime: 30, Inputs: []int{0}},
+		{DrvPath: "/nix/store/2-parallel.drv", Name: "parallel-1", System: "x86_64-linux", BuildTime: 120, Cores: 64, Inputs: []int{0}},
+	}}
+	r, err := RunGraph(context.Background(), g, Options{Workers: 1, Cores: 4})
+	if err != nil {
+		t.Fatalf("RunGraph = %v", err)
+	}
+	// The root alone takes 8/4 = 2 s. For 30 s the serial build has one
+	// core and the parallel one three, which leaves it 120-90 = 30
+	// core-seconds, done on four cores in 7.5 s.
+	if want := 2 + 30 + 7.5; math.Abs(r.MakespanS-want) > 1e-9 {
+		t.Errorf("MakespanS = %v, want %v", r.MakespanS, want)
+	}
+	if want := 2 + 120.0/4; math.Abs(r.CriticalPathS-want) > 1e-9 {
+		t.Errorf("CriticalPathS = %v, want %v", r.CriticalPathS, want)
+	}
+	if want := (8 + 30 + 120) / 4.0; math.Abs(r.WorkPerSlotS-want) > 1e-9 {
+		t.Errorf("WorkPerSlotS = %v, want %v", r.WorkPerSlotS, want)
+	}
+
+	serial, err := RunGraph(context.Background(), g, Options{Workers: 1, Cores: 4, SerialBuilds: true})
+	if err != nil {
+		t.Fatalf("RunGraph(SerialBuilds) = %v", err)
+	}
+	if want := 8 + 120.0; math.Abs(serial.MakespanS-want) > 1e-9 {
+		t.Errorf("SerialBuilds: MakespanS = %v, want %v", serial.MakespanS, want)
+	}
+}
+
+// SerialBuilds gives the same run as a graph without parallel builds.
+func TestRunSerialBuildsIgnoresCores(t *testing.T) {
+	g, err := Generate("nixpkgs", 2000, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parallel := 0
+	for _, n := range g.Derivations {
+		if n.Cores > 1 {
+			parallel++
+		}
+	}
+	if parallel == 0 {
+		t.Fatal("the nixpkgs graph has no parallel build")
+	}
+	serial, err := RunGraph(context.Background(), g, Options{Workers: 6, Seed: 5, SerialBuilds: true})
+	if err != nil {
+		t.Fatalf("RunGraph(SerialBuilds) = %v", err)
+	}
+
+	for i := range g.Derivations {
+		g.Derivations[i].Cores = 0
+	}
+	plain, err := RunGraph(context.Background(), g, Options{Workers: 6, Seed: 5})
+	if err != nil {
+		t.Fatalf("RunGraph = %v", err)
+	}
+	serial.SchedulerS, plain.SchedulerS = 0, 0
+	serial.PlanS, plain.PlanS = 0, 0
+	serial.PlanCPUS, plain.PlanCPUS = 0, 0
+	serial.MaxDecisionUS, plain.MaxDecisionUS = 0, 0
+	serial.MaxCallUS, plain.MaxCallUS = 0, 0
+	serial.SerialBuilds = false
+	if serial != plain {
+		t.Errorf("SerialBuilds run = %+v, want the run without parallel builds %+v", serial, plain)
+	}
+}
