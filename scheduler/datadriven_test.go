@@ -175,7 +175,7 @@ type scriptRunner struct {
 //	away WORKER                     the worker keeps its jobs, gets no new ones
 //	back WORKER
 //	reserve WORKER DELTA            slots taken by work outside the scheduler
-//	graph EVAL [project=P]          input lines: PATH [<- IN...] [key=value...] [cached]
+//	graph EVAL [project=P]          input lines: PATH [<- IN...] [key=value...] [cached] [parallel]
 //	                                keys: system, features, name, size, outputs,
 //	                                peer-eta (a duration after now)
 //	started JOB
@@ -287,6 +287,9 @@ func (r *scriptRunner) format(d Decision) string {
 			d.JobID, d.WorkerID, strings.Join(d.DrvPaths, " "), sc.FetchBytes, sc.BuildSeconds, sc.Total, sc.Candidates)
 		if sc.RunnerUp != "" {
 			s += fmt.Sprintf(" runner-up=%s/%.1fs", sc.RunnerUp, sc.RunnerUpTotal)
+		}
+		if sc.Slots != 1 {
+			s += fmt.Sprintf(" slots=%d", sc.Slots)
 		}
 		return s + ")"
 	case Cancel:
@@ -417,6 +420,9 @@ func parseGraph(args, input []string, now time.Time) (Graph, error) {
 				inInputs = true
 			case f == "cached":
 				d.Cached = true
+				inInputs = false
+			case f == "parallel":
+				d.Parallel = true
 				inInputs = false
 			case isKV:
 				inInputs = false

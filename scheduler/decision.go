@@ -114,7 +114,7 @@ type Score struct {
 	// FetchSeconds is FetchBytes divided by Config.FetchBandwidth.
 	FetchSeconds float64
 	// BuildSeconds is the job's estimated build time divided by the
-	// worker's speed.
+	// worker's speed, and also by Slots when the job takes every slot.
 	BuildSeconds float64
 	// Speed is the worker's speed.
 	Speed float64
@@ -132,4 +132,9 @@ type Score struct {
 	RunnerUp string
 	// RunnerUpTotal is RunnerUp's Total.
 	RunnerUpTotal float64
+	// Slots is the number of the worker's slots the job takes. Under
+	// PolicyGradient an urgent job with a parallel link takes every slot
+	// of an idle worker, so the build gets all its cores, when the other
+	// ready derivations still find free slots. Otherwise it is 1.
+	Slots int
 }

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -166,7 +167,8 @@ func (s *Scheduler) assign(d *drv, urgent bool, now time.Time) {
 	}
 
 	inputs := s.externalInputs(chain)
-	w, score := s.place(chain, inputs)
+	exclusive := urgent && s.cfg.Policy == PolicyGradient && slices.ContainsFunc(chain, func(x *drv) bool { return x.parallel })
+	w, score := s.place(chain, inputs, exclusive)
 	score.Urgent = urgent
 
 	s.nextJob++
@@ -175,12 +177,13 @@ func (s *Scheduler) assign(d *drv, urgent bool, now time.Time) {
 		worker:  w,
 		drvs:    chain,
 		project: d.evals[0].project,
+		slots:   score.Slots,
 		since:   now,
 	}
 	s.jobs[j.id] = j
-	w.running++
+	w.running += j.slots
 	w.jobs = append(w.jobs, j)
-	j.project.running++
+	j.project.running += j.slots
 
 	s.dequeue(d)
 	paths := make([]string, len(chain))

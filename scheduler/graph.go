@@ -148,6 +148,7 @@ func (s *Scheduler) createDerivations(g Graph, order []int, e *evaluation) []*dr
 			pname:      PName(cmp.Or(gd.Name, gd.DrvPath)),
 			outputs:    slices.Clone(gd.Outputs),
 			outputSize: gd.OutputSize,
+			parallel:   gd.Parallel,
 			evals:      []*evaluation{e},
 			heapIndex:  -1,
 		}

@@ -6,7 +6,43 @@ import "math"
 // from outside the chain, and returns it with its Score. At least one free
 // worker can build the chain's class, or pickNext would not have chosen
 // it.
-func (s *Scheduler) place(chain []*drv, inputs []*drv) (*worker, Score) {
+//
+// With exclusive set, the job takes every slot of an idle worker that can
+// build it, under one of two conditions. Either the slots left free
+// elsewhere still take every other ready derivation of its class, or
+// there are more ready derivations than free slots anyway, so every slot
+// stays busy whatever the choice and the cores go to the urgent build.
+// Otherwise a derivation would wait for slots whose cores the job may not
+// keep busy to its end. Score.Slots tells how many slots the job takes.
+func (s *Scheduler) place(chain []*drv, inputs []*drv, exclusive bool) (*worker, Score) {
+	if exclusive {
+		w, score := s.placeAmong(chain, inputs, true)
+		ready, free := chain[0].class.ready, s.freeSlots(chain[0].class)
+		if w != nil && (ready-1 <= free-w.Slots || ready > free) {
+			score.Slots = w.Slots
+			return w, score
+		}
+	}
+	w, score := s.placeAmong(chain, inputs, false)
+	score.Slots = 1
+	return w, score
+}
+
+// freeSlots returns the free slots of the workers that can build c.
+func (s *Scheduler) freeSlots(c *class) int {
+	n := 0
+	for _, w := range s.workers {
+		if w.canRun(c) {
+			n += w.free()
+		}
+	}
+	return n
+}
+
+// placeAmong chooses the best worker for chain among those with a free
+// slot, or among the idle ones with idleOnly set. It returns nil when
+// there is no candidate.
+func (s *Scheduler) placeAmong(chain []*drv, inputs []*drv, idleOnly bool) (*worker, Score) {
 	estimate := 0.0
 	for _, x := range chain {
 		estimate += x.estimate
@@ -19,8 +55,16 @@ func (s *Scheduler) place(chain []*drv, inputs []*drv) (*worker, Score) {
 		if w.free() == 0 || !w.canRun(chain[0].class) {
 			continue
 		}
+		if idleOnly && (w.running > 0 || w.reserved > 0) {
+			continue
+		}
 		candidates++
 		score := s.score(w, inputs, estimate)
+		if idleOnly {
+			// The parallel build gets all of the worker's cores.
+			score.BuildSeconds /= float64(w.Slots)
+			score.Total = score.FetchSeconds + score.BuildSeconds
+		}
 		switch {
 		case best == nil || s.better(w, score, best, bestScore):
 			second, secondScore = best, bestScore

@@ -514,14 +514,14 @@ func (s *Scheduler) setNoWorker(d *drv) {
 	s.emit(Waiting{DrvPath: d.path, Reason: NoWorker})
 }
 
-// releaseJob frees j's slot and puts back the links it did not finish.
+// releaseJob frees j's slots and puts back the links it did not finish.
 // With countAttempt set, each link whose inputs were built costs an
 // attempt.
 func (s *Scheduler) releaseJob(j *job, countAttempt bool, now time.Time) {
 	w := j.worker
-	w.running--
+	w.running -= j.slots
 	w.jobs = slices.DeleteFunc(w.jobs, func(x *job) bool { return x == j })
-	j.project.running--
+	j.project.running -= j.slots
 	delete(s.jobs, j.id)
 
 	for _, d := range j.drvs {

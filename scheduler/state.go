@@ -35,6 +35,7 @@ type drv struct {
 	class      *class
 	outputs    []string
 	outputSize uint64
+	parallel   bool
 
 	inputs     []*drv
 	dependents []*drv
@@ -93,10 +94,12 @@ type evaluation struct {
 
 // job is a chain of derivations running on one worker.
 type job struct {
-	id        string
-	worker    *worker
-	drvs      []*drv
-	project   *project
+	id      string
+	worker  *worker
+	drvs    []*drv
+	project *project
+	// slots is the number of the worker's slots the job takes.
+	slots     int
 	cancelled bool
 	// since is when the last link was built, or when the job started, for
 	// measuring the build time of the next link.

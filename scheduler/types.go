@@ -48,6 +48,11 @@ type Derivation struct {
 	// Cached is true when every output is already in the cache, so the
 	// derivation is never built.
 	Cached bool
+	// Parallel marks a build that uses every core it gets, such as one
+	// with enableParallelBuilding. An urgent job with a parallel link
+	// takes every slot of an idle worker, when there is one, so the
+	// build has the worker's cores to itself.
+	Parallel bool
 	// PeerETA is when a peer node that announced it is building the
 	// derivation expects to finish, or zero when no peer is. AddGraph then
 	// postpones the derivation as PeerBuilding does, before it assigns

@@ -663,6 +663,7 @@ func (sm *simulation) schedulerGraph() scheduler.Graph {
 			Features:   n.Features,
 			OutputSize: n.OutputSize,
 			Cached:     n.Cached,
+			Parallel:   buildCores(n, sm.opts) > 1,
 		}
 		for _, in := range n.Inputs {
 			d.InputDrvs = append(d.InputDrvs, sm.graph.Derivations[in].DrvPath)
