@@ -95,6 +95,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"no body", mustMarshal(t, map[string]any{"type": "hello"}), "no body"},
 		{"wrong field type", frame(t, TypeHello, map[string]any{"version": "one"}), "hello message"},
 		{"hello without max jobs", frame(t, TypeHello, map[string]any{"version": 1}), "max_jobs"},
+		{"empty detached build", frame(t, TypeHello, map[string]any{"version": 1, "max_jobs": 1, "detached_builds": []string{""}}), "detached_builds[0] is empty"},
 		{"job 0", frame(t, TypeJobAccept, map[string]any{"job": 0}), "job is 0"},
 		{"offer with both", frame(t, TypeJobOffer, map[string]any{"job": 1, "eval": map[string]any{}, "build": map[string]any{"drv_path": "x"}}), "exactly one"},
 		{"chunk too big", frame(t, TypeNARChunk, map[string]any{"upload": 1, "data": make([]byte, MaxChunkSize+1)}), "data is"},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -264,4 +265,97 @@ func startSession(ctx context.Context, t *testing.T, cfg ServeConfig, heartbeatM
 		t.Fatal(err)
 	}
 	return nodeEnd
+}
+
+// TestHelloReportsDetachedBuilds checks that a worker's Hello lists the
+// builds that went on after an earlier connection ended: while they run,
+// and after they succeeded until a job of the derivation takes them up.
+// A build that failed after its connection ended is not listed.
+func TestHelloReportsDetachedBuilds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	const (
+		okDrv     = "/nix/store/00000000000000000000000000000000-ok.drv"
+		failedDrv = "/nix/store/11111111111111111111111111111111-failed.drv"
+	)
+	release := make(chan struct{})
+	started := make(chan string, 4)
+	w := &fakeWorker{build: func(ctx context.Context, req BuildRequest, log io.Writer, nars NARSink) (BuildResult, error) {
+		started <- req.DrvPath
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return BuildResult{}, ctx.Err()
+		}
+		if req.DrvPath == failedDrv {
+			return BuildResult{}, &BuildError{Message: "builder failed"}
+		}
+		return BuildResult{}, nil
+	}}
+	detached := &DetachedBuilds{}
+	cfg := ServeConfig{
+		Detached: detached,
+		Setup:    func(context.Context, *Welcome) (Worker, error) { return w, nil },
+		Systems:  []string{"x86_64-linux"},
+		MaxJobs:  2,
+		SpoolDir: t.TempDir(),
+	}
+	// session starts a session and returns the node's end and the Hello.
+	session := func() (Conn, *Hello) {
+		nodeEnd, workerEnd := Pipe()
+		go Serve(ctx, workerEnd, cfg)
+		m, err := nodeEnd.Read(ctx)
+		if err != nil {
+			t.Fatalf("read hello: %v", err)
+		}
+		welcome := &Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 60000, LeaseMillis: 30000, CachePath: "/cache/main"}
+		if err := nodeEnd.Write(ctx, welcome); err != nil {
+			t.Fatal(err)
+		}
+		return nodeEnd, m.(*Hello)
+	}
+
+	first, hello := session()
+	if len(hello.DetachedBuilds) != 0 {
+		t.Errorf("first Hello DetachedBuilds = %q, want none", hello.DetachedBuilds)
+	}
+	for job, drv := range []string{okDrv, failedDrv} {
+		if err := first.Write(ctx, &JobOffer{Job: uint64(job + 1), Build: &BuildRequest{DrvPath: drv}}); err != nil {
+			t.Fatal(err)
+		}
+		<-started
+	}
+	first.Close(websocket.StatusGoingAway, "connection cut")
+
+	second, hello := session()
+	if want := []string{okDrv, failedDrv}; !slices.Equal(hello.DetachedBuilds, want) {
+		t.Errorf("Hello while the builds run: DetachedBuilds = %q, want %q", hello.DetachedBuilds, want)
+	}
+	second.Close(websocket.StatusGoingAway, "connection cut")
+	close(release)
+	detached.Wait()
+
+	third, hello := session()
+	if want := []string{okDrv}; !slices.Equal(hello.DetachedBuilds, want) {
+		t.Errorf("Hello after the builds ended: DetachedBuilds = %q, want %q", hello.DetachedBuilds, want)
+	}
+	if err := third.Write(ctx, &JobOffer{Job: 1, Build: &BuildRequest{DrvPath: okDrv}}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := third.Read(ctx)
+		if err != nil {
+			t.Fatalf("read the result: %v", err)
+		}
+		if _, ok := m.(*JobResult); ok {
+			break
+		}
+	}
+	third.Close(websocket.StatusGoingAway, "connection cut")
+
+	_, hello = session()
+	if len(hello.DetachedBuilds) != 0 {
+		t.Errorf("Hello after a job took up the build: DetachedBuilds = %q, want none", hello.DetachedBuilds)
+	}
 }

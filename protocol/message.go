@@ -23,6 +23,8 @@ const (
 	MaxQueryPaths = 100_000
 	// MaxUploadSize bounds the compressed size of one NAR upload.
 	MaxUploadSize = 64 << 30
+	// MaxDetachedBuilds bounds Hello.DetachedBuilds.
+	MaxDetachedBuilds = 4096
 )
 
 // Type names the kind of a message on the wire.
@@ -91,6 +93,14 @@ type Hello struct {
 	// can tell a reconnect of the same process from a second process with
 	// the same token. Empty from workers that do not send it.
 	Instance string `cbor:"instance,omitempty"`
+	// DetachedBuilds lists the .drv store paths of builds that this
+	// worker process ran for an earlier connection and whose result no
+	// node received. Some still run after that connection ended, others
+	// succeeded after it ended, so their outputs are in the worker's
+	// store. A node that restarted during such a build gives it back to
+	// this worker. It has at most MaxDetachedBuilds entries, and is empty
+	// from workers that do not send it.
+	DetachedBuilds []string `cbor:"detached_builds,omitempty"`
 }
 
 // Has reports whether the worker announced c.

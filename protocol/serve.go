@@ -71,7 +71,9 @@ type ServeConfig struct {
 	// connection is gone, and ctx still cancels it. Serve returns without
 	// waiting for these builds: it adds them to Detached, and the caller
 	// waits on it. Later sessions sharing Detached count such builds in
-	// their heartbeats. When nil, Serve cancels every job when it returns.
+	// their heartbeats, and list them, with those that succeeded after
+	// their connection ended, in Hello.DetachedBuilds. When nil, Serve
+	// cancels every job when it returns.
 	Detached *DetachedBuilds
 
 	// welcomed, when set, receives the node's Welcome after the
@@ -95,6 +97,12 @@ type DetachedBuilds struct {
 	logs map[string]*detachedLog
 	// added counts the logs ever kept.
 	added uint64
+	// built maps each derivation whose build succeeded after its
+	// connection ended, and that no later job took up, to the value of
+	// builtCount when it was added. Its length is bounded by
+	// maxDetachedBuilt.
+	built      map[string]uint64
+	builtCount uint64
 }
 
 // detachedLog is the output of a build whose connection ended.
@@ -111,6 +119,10 @@ const (
 	maxDetachedLog  = 1 << 20
 	maxDetachedLogs = 64
 )
+
+// maxDetachedBuilt bounds the derivations whose builds succeeded after
+// their connection ended that the next Hello reports.
+const maxDetachedBuilt = 256
 
 // detachedLogHeader starts the output of a detached build in the log of
 // the job that takes it.
@@ -176,6 +188,48 @@ func (d *DetachedBuilds) takeLog(s *workerSession, drvPath string, wait time.Dur
 // Wait waits until every build added so far has ended.
 func (d *DetachedBuilds) Wait() { d.wg.Wait() }
 
+// succeeded records that a build of drvPath succeeded after its
+// connection ended, so that the next Hello reports it.
+func (d *DetachedBuilds) succeeded(drvPath string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.built == nil {
+		d.built = map[string]uint64{}
+	}
+	if _, ok := d.built[drvPath]; !ok && len(d.built) >= maxDetachedBuilt {
+		oldest := ""
+		for drv, n := range d.built {
+			if oldest == "" || n < d.built[oldest] {
+				oldest = drv
+			}
+		}
+		delete(d.built, oldest)
+	}
+	d.builtCount++
+	d.built[drvPath] = d.builtCount
+}
+
+// report returns the sorted derivations for Hello.DetachedBuilds: those
+// with a build still running and those whose build succeeded after its
+// connection ended. It is called before a session starts jobs, so every
+// running build belongs to an earlier session. Past MaxDetachedBuilds
+// entries, the rest are left out.
+func (d *DetachedBuilds) report() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var drvs []string
+	for drv := range d.owners {
+		drvs = append(drvs, drv)
+	}
+	for drv := range d.built {
+		if _, running := d.owners[drv]; !running {
+			drvs = append(drvs, drv)
+		}
+	}
+	slices.Sort(drvs)
+	return drvs[:min(len(drvs), MaxDetachedBuilds)]
+}
+
 // start records that s runs a build of drvPath. The returned func records
 // its end.
 func (d *DetachedBuilds) start(s *workerSession, drvPath string) (done func()) {
@@ -185,6 +239,8 @@ func (d *DetachedBuilds) start(s *workerSession, drvPath string) (done func()) {
 		d.owners = map[string][]*workerSession{}
 	}
 	d.owners[drvPath] = append(d.owners[drvPath], s)
+	// This job reports the result from now on.
+	delete(d.built, drvPath)
 	d.mu.Unlock()
 	return func() {
 		d.mu.Lock()
@@ -340,6 +396,9 @@ func workerHandshake(ctx context.Context, conn Conn, cfg ServeConfig) (*Welcome,
 		CPUs:         cfg.CPUs,
 		MemoryBytes:  cfg.MemoryBytes,
 		Instance:     processInstance,
+	}
+	if cfg.Detached != nil {
+		hello.DetachedBuilds = cfg.Detached.report()
 	}
 	if err := conn.Write(ctx, hello); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
@@ -524,13 +583,15 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 }
 
 // logDetached logs the end of a build that ran on after its session
-// ended, whose result cannot reach the node.
+// ended, whose result cannot reach the node, and records a success for
+// the next Hello.
 func (s *workerSession) logDetached(offer *JobOffer, result *JobResult) {
 	log := s.log.With("job", offer.Job, "drv_path", offer.Build.DrvPath)
 	if result.Error != nil {
 		log.Info("build ended after the connection to the node ended", "err", result.Error.Message, "build_failed", result.Error.BuildFailed)
 		return
 	}
+	s.cfg.Detached.succeeded(offer.Build.DrvPath)
 	log.Info("build ended after the connection to the node ended")
 }
 

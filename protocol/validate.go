@@ -58,6 +58,9 @@ func (m *Hello) validate() error {
 	if m.CPUs < 0 {
 		return fmt.Errorf("cpus is %d, below 0", m.CPUs)
 	}
+	if err := checkStrings("detached_builds", m.DetachedBuilds, MaxDetachedBuilds); err != nil {
+		return err
+	}
 	return checkString("instance", m.Instance, 64)
 }
 
