@@ -177,7 +177,8 @@ type scriptRunner struct {
 //	reserve WORKER DELTA            slots taken by work outside the scheduler
 //	graph EVAL [project=P]          input lines: PATH [<- IN...] [key=value...] [cached] [parallel]
 //	                                keys: system, features, name, size, outputs,
-//	                                peer-eta (a duration after now)
+//	                                peer-eta, held-until (durations after now),
+//	                                held-for
 //	started JOB
 //	built JOB DRV
 //	failed JOB DRV REASON...
@@ -187,6 +188,7 @@ type scriptRunner struct {
 //	peer-building DRV eta=D         D after now
 //	peer-built DRV
 //	peer-gone DRV
+//	release-holds WORKER [KEEP...]  ends the holds for WORKER except on KEEP
 //	cancel EVAL
 //	status DRV
 //	history
@@ -255,6 +257,8 @@ func (r *scriptRunner) runCommand(command string, input []string) []string {
 		decisions = r.s.PeerBuilt(args[0], r.now)
 	case "peer-gone":
 		decisions = r.s.PeerGone(args[0], r.now)
+	case "release-holds":
+		decisions = r.s.ReleaseHolds(args[0], args[1:], r.now)
 	case "cancel":
 		decisions, err = r.s.CancelEvaluation(args[0], r.now)
 	case "status":
@@ -300,6 +304,8 @@ func (r *scriptRunner) format(d Decision) string {
 			s += fmt.Sprintf(" until +%v", d.Until.Sub(epoch))
 		}
 		return s
+	case HoldEnded:
+		return fmt.Sprintf("hold-ended %s for %s expired=%t", d.DrvPath, d.WorkerID, d.Expired)
 	case GaveUp:
 		return fmt.Sprintf("gave-up %s: %s", d.DrvPath, d.Reason)
 	case DependencyFailed:
@@ -327,6 +333,9 @@ func (r *scriptRunner) status(path string) []string {
 	out = append(out, fmt.Sprintf("estimate=%v priority=%v dependents=%.0f", st.EstimatedBuildTime, st.Priority, st.DependentCount))
 	if !st.PostponedUntil.IsZero() {
 		out = append(out, fmt.Sprintf("postponed-until=+%v", st.PostponedUntil.Sub(epoch)))
+	}
+	if st.HeldFor != "" {
+		out = append(out, fmt.Sprintf("held-for=%s held-until=+%v", st.HeldFor, st.HeldUntil.Sub(epoch)))
 	}
 	return out
 }
@@ -447,6 +456,14 @@ func parseGraph(args, input []string, now time.Time) (Graph, error) {
 						return g, err
 					}
 					d.PeerETA = now.Add(eta)
+				case "held-for":
+					d.HeldFor = v
+				case "held-until":
+					until, err := time.ParseDuration(v)
+					if err != nil {
+						return g, err
+					}
+					d.HeldUntil = now.Add(until)
 				default:
 					return g, fmt.Errorf("unknown derivation key %q", k)
 				}

@@ -3,7 +3,8 @@ package scheduler
 import "time"
 
 // Decision is the outcome of an event for the node to carry out: one of
-// Assign, Cancel, Waiting, GaveUp, DependencyFailed and EvaluationDone.
+// Assign, Cancel, Waiting, HoldEnded, GaveUp, DependencyFailed and
+// EvaluationDone.
 type Decision interface {
 	isDecision()
 }
@@ -30,14 +31,27 @@ type Cancel struct {
 }
 
 // Waiting reports a derivation that cannot be built yet, each time its
-// reason changes to NoWorker or PostponedForPeer. The other reasons are
-// returned by Status.
+// reason changes to NoWorker, PostponedForPeer or HeldForWorker. The other
+// reasons are returned by Status.
 type Waiting struct {
 	DrvPath string
 	Reason  WaitReason
 	// Until is when a derivation PostponedForPeer is built locally unless
-	// the peer reports it built first. Zero for other reasons.
+	// the peer reports it built first, or when the hold of a derivation
+	// HeldForWorker ends. Zero for other reasons.
 	Until time.Time
+}
+
+// HoldEnded reports that a derivation held for a worker, see
+// Derivation.HeldFor, is queued for any worker: its hold expired, or
+// ReleaseHolds ended it, or the worker came back unable to build it. An
+// Assign of the derivation may follow in the same list.
+type HoldEnded struct {
+	DrvPath  string
+	WorkerID string
+	// Expired is set when the worker did not come back before the end of
+	// the hold.
+	Expired bool
 }
 
 // GaveUp reports a derivation that failed because Config.MaxAttempts jobs
@@ -78,6 +92,7 @@ type EvaluationDone struct {
 func (Assign) isDecision()           {}
 func (Cancel) isDecision()           {}
 func (Waiting) isDecision()          {}
+func (HoldEnded) isDecision()        {}
 func (GaveUp) isDecision()           {}
 func (DependencyFailed) isDecision() {}
 func (EvaluationDone) isDecision()   {}
@@ -97,6 +112,11 @@ const (
 	// PostponedForPeer means a peer announced it is building the
 	// derivation, see Scheduler.PeerBuilding.
 	PostponedForPeer WaitReason = "postponed-for-peer"
+	// HeldForWorker means the worker that was building the derivation
+	// when the node stopped may still be building it, so no other worker
+	// gets it until that one comes back or the hold ends, see
+	// Derivation.HeldFor.
+	HeldForWorker WaitReason = "held-for-worker"
 	// DependencyFailedReason means an input failed, so the derivation is
 	// never built.
 	DependencyFailedReason WaitReason = "dependency-failed"

@@ -170,7 +170,13 @@ func (s *Scheduler) assign(d *drv, urgent bool, now time.Time) {
 	exclusive := urgent && s.cfg.Policy == PolicyGradient && slices.ContainsFunc(chain, func(x *drv) bool { return x.parallel })
 	w, score := s.place(chain, inputs, exclusive)
 	score.Urgent = urgent
+	s.startJob(w, chain, inputs, score, now)
+}
 
+// startJob makes a job of chain on w, taking score.Slots slots, and
+// emits its Assign. inputs are the links' inputs from outside the chain.
+func (s *Scheduler) startJob(w *worker, chain, inputs []*drv, score Score, now time.Time) {
+	d := chain[0]
 	s.nextJob++
 	j := &job{
 		id:      s.cfg.JobIDPrefix + strconv.FormatUint(s.nextJob, 10),

@@ -10,7 +10,8 @@ import (
 // AddGraph adds an evaluation's derivation graph and assigns the jobs that
 // can start. A derivation the Scheduler already holds for another
 // evaluation is shared: it is built once, and its result counts for both.
-// A derivation with a PeerETA is postponed first, as PeerBuilding does.
+// A derivation with a PeerETA is postponed first, as PeerBuilding does,
+// and one with HeldFor is held for that worker.
 // A derivation marked Cached that another evaluation is still waiting for
 // counts as built from now on, unless a job already builds it.
 //
@@ -65,6 +66,16 @@ func (s *Scheduler) AddGraph(g Graph, now time.Time) ([]Decision, error) {
 		}
 	}
 
+	// Hold what a worker may still be building, for the same reason.
+	for _, gd := range g.Derivations {
+		if gd.HeldFor == "" || gd.Cached {
+			continue
+		}
+		if d, ok := s.drvs[gd.DrvPath]; ok {
+			s.holdFor(d, gd.HeldFor, gd.HeldUntil, now)
+		}
+	}
+
 	var ready []*drv
 	for _, d := range created {
 		if d.state == StateWaiting && d.missing == 0 {
@@ -76,6 +87,9 @@ func (s *Scheduler) AddGraph(g Graph, now time.Time) ([]Decision, error) {
 		if !d.state.terminal() && d.state != StateAssigned {
 			s.markBuilt(d, true, now)
 		}
+	}
+	for _, w := range s.workers {
+		s.adoptHolds(w, now)
 	}
 
 	if e.pending == 0 && s.evals[e.id] == e {

@@ -36,6 +36,9 @@ type Scheduler struct {
 	history    map[historyKey]*historyValue
 	// postponed lists the derivations postponed for a peer, for Tick.
 	postponed []*drv
+	// held lists the derivations held for a worker, for Tick and the
+	// events that end holds.
+	held []*drv
 
 	// remainingWork is the sum of the estimates of the derivations that
 	// are not terminal, in seconds at speed 1, and capacity the sum of the
@@ -91,8 +94,9 @@ func (s *Scheduler) take() []Decision {
 	return out
 }
 
-// AddWorker registers a worker and assigns it jobs. A Worker whose fields
-// are invalid is rejected with an error wrapping ErrInvalidWorker, a second
+// AddWorker registers a worker and assigns it jobs, first the derivations
+// held for it, see Derivation.HeldFor. A Worker whose fields are invalid
+// is rejected with an error wrapping ErrInvalidWorker, a second
 // worker with the same ID with one wrapping ErrDuplicate.
 func (s *Scheduler) AddWorker(w Worker, now time.Time) ([]Decision, error) {
 	if err := validateWorker(w); err != nil {
@@ -114,6 +118,7 @@ func (s *Scheduler) AddWorker(w Worker, now time.Time) ([]Decision, error) {
 	nw := &worker{Worker: w, speed: speed, store: make(map[string]struct{})}
 	s.workers = slices.Insert(s.workers, i, nw)
 	s.capacity += float64(nw.Slots) * nw.speed
+	s.adoptHolds(nw, now)
 
 	// Derivations that had no worker now wait for a slot.
 	for _, c := range s.classOrder {
@@ -170,7 +175,8 @@ func (s *Scheduler) RemoveWorker(id string, now time.Time) ([]Decision, error) {
 // SetWorkerAway marks a worker as away, whose connection dropped and
 // whose jobs wait for it to come back, or as back. An away worker keeps
 // its jobs and still counts for the systems it builds, but gets no new
-// jobs and no job waits for one of its slots.
+// jobs and no job waits for one of its slots. A worker that is back
+// takes the derivations held for it.
 func (s *Scheduler) SetWorkerAway(id string, away bool, now time.Time) ([]Decision, error) {
 	i, found := slices.BinarySearchFunc(s.workers, id, func(x *worker, id string) int {
 		return cmp.Compare(x.ID, id)
@@ -179,6 +185,7 @@ func (s *Scheduler) SetWorkerAway(id string, away bool, now time.Time) ([]Decisi
 		return nil, fmt.Errorf("set worker %q away: %w", id, ErrUnknownWorker)
 	}
 	s.workers[i].away = away
+	s.adoptHolds(s.workers[i], now)
 
 	s.dispatch(now)
 	return s.take(), nil
@@ -300,9 +307,11 @@ func (s *Scheduler) JobFinished(jobID string, now time.Time) ([]Decision, error)
 	return s.take(), nil
 }
 
-// Tick advances time: derivations whose postponement for a peer ended are
-// queued, and jobs are assigned to free slots.
+// Tick advances time: derivations whose postponement for a peer or hold
+// for a worker ended are queued, and jobs are assigned to free slots.
 func (s *Scheduler) Tick(now time.Time) []Decision {
+	s.expireHolds(now)
+
 	kept := s.postponed[:0]
 	for _, d := range s.postponed {
 		switch {

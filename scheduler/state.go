@@ -13,6 +13,10 @@ const (
 	StateReady State = "ready"
 	// StatePostponed means a peer is building the derivation.
 	StatePostponed State = "postponed"
+	// StateHeld means the worker that was building the derivation when
+	// the node stopped may still be building it, so it waits for that
+	// worker, see Derivation.HeldFor.
+	StateHeld State = "held"
 	// StateAssigned means the derivation is part of a job on a worker.
 	StateAssigned State = "assigned"
 	// StateBuilt means a job built it, or it was cached, or a peer built it.
@@ -80,6 +84,11 @@ type drv struct {
 	// postponedUntil is when a derivation a peer builds is built locally.
 	postponedUntil time.Time
 	reason         WaitReason
+	// heldFor is the worker the derivation is held for, see
+	// Derivation.HeldFor, and heldUntil when the hold ends. Both are
+	// zero when it is not held.
+	heldFor   string
+	heldUntil time.Time
 }
 
 // evaluation is one Graph the Scheduler holds until it is done.

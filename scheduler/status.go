@@ -28,6 +28,10 @@ type Status struct {
 	// PostponedUntil is when a derivation postponed for a peer is built
 	// locally.
 	PostponedUntil time.Time
+	// HeldFor is the worker a derivation in StateHeld is held for, and
+	// HeldUntil when the hold ends.
+	HeldFor   string
+	HeldUntil time.Time
 }
 
 // Status returns the status of a derivation that a live evaluation
@@ -46,6 +50,8 @@ func (s *Scheduler) Status(drvPath string) (Status, bool) {
 		Priority:           seconds(d.priority),
 		DependentCount:     d.dependentCount,
 		PostponedUntil:     d.postponedUntil,
+		HeldFor:            d.heldFor,
+		HeldUntil:          d.heldUntil,
 	}
 	for _, e := range d.evals {
 		st.EvalIDs = append(st.EvalIDs, e.id)
@@ -60,6 +66,8 @@ func (s *Scheduler) Status(drvPath string) (Status, bool) {
 		st.Reason = InputsBuilding
 	case StatePostponed:
 		st.Reason = PostponedForPeer
+	case StateHeld:
+		st.Reason = HeldForWorker
 	case StateReady:
 		st.Reason = NoFreeSlot
 		if !s.classHasWorker(d.class) {

@@ -58,6 +58,16 @@ type Derivation struct {
 	// postpones the derivation as PeerBuilding does, before it assigns
 	// any job. Ignored when Cached is set.
 	PeerETA time.Time
+	// HeldFor names a worker that was building the derivation when the
+	// node stopped, and HeldUntil when the node stops waiting for it.
+	// Until then no other worker gets the derivation. Once HeldFor is
+	// registered and not away, the derivation is assigned to it as a job
+	// of its own, whether or not a slot is free, because that worker may
+	// still be building it. ReleaseHolds ends the hold early. HeldFor is
+	// ignored when Cached is set, when an input is not built, or when
+	// HeldUntil is not after the time of AddGraph.
+	HeldFor   string
+	HeldUntil time.Time
 }
 
 // Worker describes a machine that builds jobs.
@@ -133,6 +143,9 @@ func validateGraph(g Graph) error {
 		}
 		if len(d.InputDrvs) > MaxInputs {
 			return fmt.Errorf("%w: %q has %d InputDrvs, more than %d", ErrInvalidGraph, d.DrvPath, len(d.InputDrvs), MaxInputs)
+		}
+		if len(d.HeldFor) > MaxPathLength {
+			return fmt.Errorf("%w: HeldFor of %q is longer than %d bytes", ErrInvalidGraph, d.DrvPath, MaxPathLength)
 		}
 		for _, field := range [][]string{d.Features, d.Outputs} {
 			for _, s := range field {
