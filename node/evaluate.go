@@ -131,6 +131,7 @@ func (d *driver) recordGraph(ctx context.Context, e *db.Evaluation, res protocol
 			Status:    status,
 			CreatedAt: now,
 		}
+		b.ParallelBuilding = drv.ParallelBuilding
 		if status == db.BuildCached {
 			b.FinishedAt = &now
 			for _, p := range drv.Outputs {
@@ -232,6 +233,7 @@ func (d *driver) addReportedGraph(ctx context.Context, e db.Evaluation, builds [
 			Name:      b.Name,
 			System:    b.System,
 			Features:  b.Features,
+			Parallel:  b.ParallelBuilding,
 			InputDrvs: b.InputDrvs,
 			Outputs:   outputPaths(b.Outputs),
 			// NOTE: the size of a build that has not run yet is 0, not an

@@ -81,6 +81,10 @@ type Derivation struct {
 	// RequiredSystemFeatures comes from the requiredSystemFeatures
 	// attribute, such as "kvm" or "big-parallel".
 	RequiredSystemFeatures []string `json:"required_system_features,omitempty"`
+	// ParallelBuilding is set when the builder runs in parallel, from
+	// enableParallelBuilding or the big-parallel feature. Workers before
+	// this field send none, which means serial.
+	ParallelBuilding bool `json:"parallel_building,omitempty"`
 }
 
 // BuildRequest asks a worker to build one derivation whose inputs are

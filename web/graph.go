@@ -43,6 +43,7 @@ func GraphOf(bs []db.Build) sim.GraphFile {
 			Name:       b.Name,
 			System:     b.System,
 			Features:   b.Features,
+			Parallel:   b.ParallelBuilding,
 			InputDrvs:  b.InputDrvs,
 			Outputs:    b.Outputs,
 			OutputSize: b.OutputSize,

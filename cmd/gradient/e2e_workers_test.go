@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,13 +31,15 @@ func remoteFlake(fanWidth, sleepSeconds int) string {
         builder = "/bin/sh";
         args = [ "-c" text ];
       };
+      # Sets enableParallelBuilding as nixpkgs' stdenv passes it.
+      parallel = drv: builtins.derivation (drv.drvAttrs // { enableParallelBuilding = true; });
       c1 = mk "chain-1" [ ] "echo 1 > $out";
       c2 = mk "chain-2" [ c1 ] "read x < ${c1}; echo $x 2 > $out";
       c3 = mk "chain-3" [ c2 ] "read x < ${c2}; echo $x 3 > $out";
       top = mk "diamond-top" [ ] "echo top > $out";
       left = mk "diamond-left" [ top ] "read x < ${top}; echo $x left > $out";
       right = mk "diamond-right" [ top ] "read x < ${top}; echo $x right > $out";
-      bottom = mk "diamond-bottom" [ left right ] "read l < ${left}; read r < ${right}; echo $l $r > $out";
+      bottom = parallel (mk "diamond-bottom" [ left right ] "read l < ${left}; read r < ${right}; echo $l $r > $out");
       base = mk "fan-base" [ ] "echo base > $out";
       fan = builtins.genList (i: mk "fan-${toString i}" [ base ] "sleep %d; read x < ${base}; echo $x ${toString i} > $out") %d;
       all = mk "fan-all" fan "cat ${builtins.concatStringsSep " " (map toString fan)} > $out";
@@ -266,7 +269,7 @@ func TestRemoteWorkers(t *testing.T) {
 		t.Errorf("builds ran on workers %v, want at least two of them", byWorker)
 	}
 	checkChainOneJob(t, n, show.Builds, "chain-1", "chain-2", "chain-3")
-	checkGraph(t, n, "demo/remote", len(show.Builds))
+	checkGraph(t, n, "demo/remote", len(show.Builds), "diamond-bottom")
 	if !strings.Contains(n.logText(), `msg="evaluating entry points in shards"`) || !strings.Contains(n.logText(), "shards=3") {
 		t.Errorf("node log does not show the evaluation sharded across 3 workers")
 	}
@@ -329,8 +332,9 @@ func checkChainOneJob(t *testing.T, n *node, builds []buildRecord, names ...stri
 }
 
 // checkGraph fails unless `gradient project graph --json` writes a file
-// that the simulator loads, with one derivation per build.
-func checkGraph(t *testing.T, n *node, project string, builds int) {
+// that the simulator loads, with one derivation per build, and marks the
+// derivations named parallel, and no others, as parallel builds.
+func checkGraph(t *testing.T, n *node, project string, builds int, parallel ...string) {
 	t.Helper()
 	out := n.mustCLI("project", "graph", project, "--json")
 	g, err := sim.LoadGraph(strings.NewReader(out))
@@ -346,6 +350,9 @@ func checkGraph(t *testing.T, n *node, project string, builds int) {
 	for _, d := range file.Derivations {
 		if d.BuildTimeSeconds > 0 {
 			timed++
+		}
+		if want := slices.Contains(parallel, d.Name); d.Parallel != want {
+			t.Errorf("derivation %s parallel_building = %t, want %t", d.Name, d.Parallel, want)
 		}
 	}
 	if timed == 0 {

@@ -125,6 +125,8 @@ type Build struct {
 	Status    BuildStatus       `json:"status"`
 	// Error is nix's message for a failed build.
 	Error string `json:"error,omitempty"`
+	// ParallelBuilding is set when the builder runs in parallel.
+	ParallelBuilding bool `json:"parallel_building,omitempty"`
 	// FailedDependency is the .drv whose failure stopped this build.
 	FailedDependency string `json:"failed_dependency,omitempty"`
 	// WorkerID is the worker that runs or ran the build, set when the

@@ -34,6 +34,11 @@ type Derivation struct {
 	// RequiredSystemFeatures comes from the requiredSystemFeatures
 	// attribute, or its structured attributes equivalent.
 	RequiredSystemFeatures []string
+	// ParallelBuilding is set when the builder runs in parallel: nixpkgs'
+	// stdenv passes enableParallelBuilding = true as the environment
+	// variable enableParallelBuilding=1, or as true in structured
+	// attributes. A requiredSystemFeatures of big-parallel sets it too.
+	ParallelBuilding bool
 }
 
 // ReadDerivation reads and parses the .drv file at drvPath from the
@@ -121,7 +126,24 @@ func ParseDerivation(r io.Reader) (Derivation, error) {
 		return Derivation{}, fmt.Errorf("parse derivation: %w", err)
 	}
 	result.RequiredSystemFeatures = features
+	result.ParallelBuilding = parallelBuilding(drv.Env) || slices.Contains(features, "big-parallel")
 	return result, nil
+}
+
+// parallelBuilding reports whether the environment enables parallel
+// building. A malformed __json is reported by systemFeatures, so it only
+// counts as false here.
+func parallelBuilding(env map[string]string) bool {
+	if structured, ok := env["__json"]; ok {
+		var attrs struct {
+			EnableParallelBuilding any `json:"enableParallelBuilding"`
+		}
+		if json.Unmarshal([]byte(structured), &attrs) != nil {
+			return false
+		}
+		return attrs.EnableParallelBuilding == true
+	}
+	return env["enableParallelBuilding"] == "1"
 }
 
 // systemFeatures returns requiredSystemFeatures from the environment: a

@@ -398,3 +398,35 @@ func TestParseSystemFeatures(t *testing.T) {
 		}
 	}
 }
+
+func TestParseDerivationParallelBuilding(t *testing.T) {
+	const out = `[("out","/nix/store/ibszk4np0dyz1h3hh77pgg873jva7jw0-d","","")]`
+	// Environment variables are sorted: enableParallelBuilding goes
+	// before name and requiredSystemFeatures after out.
+	drvWith := func(before, after string) string {
+		return `Derive(` + out + `,[],[],"x86_64-linux","/bin/sh",[],[` + before + `("name","d"),("out","/nix/store/ibszk4np0dyz1h3hh77pgg873jva7jw0-d")` + after + `])`
+	}
+	tests := []struct {
+		name string
+		drv  string
+		want bool
+	}{
+		{"unset", drvWith("", ""), false},
+		{"enabled", drvWith(`("enableParallelBuilding","1"),`, ""), true},
+		{"disabled", drvWith(`("enableParallelBuilding",""),`, ""), false},
+		{"big-parallel", drvWith("", `,("requiredSystemFeatures","big-parallel")`), true},
+		{"structured true", `Derive(` + out + `,[],[],"x86_64-linux","/bin/sh",[],[("__json","{\"name\":\"d\",\"enableParallelBuilding\":true}"),("out","/nix/store/ibszk4np0dyz1h3hh77pgg873jva7jw0-d")])`, true},
+		{"structured false", `Derive(` + out + `,[],[],"x86_64-linux","/bin/sh",[],[("__json","{\"name\":\"d\",\"enableParallelBuilding\":false}"),("out","/nix/store/ibszk4np0dyz1h3hh77pgg873jva7jw0-d")])`, false},
+		{"structured string", `Derive(` + out + `,[],[],"x86_64-linux","/bin/sh",[],[("__json","{\"name\":\"d\",\"enableParallelBuilding\":\"1\"}"),("out","/nix/store/ibszk4np0dyz1h3hh77pgg873jva7jw0-d")])`, false},
+	}
+	for _, tt := range tests {
+		drv, err := ParseDerivation(strings.NewReader(tt.drv))
+		if err != nil {
+			t.Errorf("ParseDerivation(%s) = %v", tt.name, err)
+			continue
+		}
+		if drv.ParallelBuilding != tt.want {
+			t.Errorf("ParseDerivation(%s).ParallelBuilding = %t, want %t", tt.name, drv.ParallelBuilding, tt.want)
+		}
+	}
+}

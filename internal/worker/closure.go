@@ -44,6 +44,7 @@ func (w *Worker) closure(roots []string) ([]protocol.Derivation, error) {
 				InputDrvs:              slices.Clone(inputs),
 				InputSrcs:              drv.InputSrcs,
 				RequiredSystemFeatures: drv.RequiredSystemFeatures,
+				ParallelBuilding:       drv.ParallelBuilding,
 			},
 			inputs: inputs,
 		})

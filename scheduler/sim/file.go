@@ -45,9 +45,13 @@ type FileDerivation struct {
 	// OutputSize is the NAR size of all outputs in bytes.
 	OutputSize uint64 `json:"output_size,omitempty"`
 	// BuildTimeSeconds is the measured build time. Zero means unknown,
-	// and the simulator uses 60 seconds.
+	// and the simulator uses 60 seconds. The simulator takes it as the
+	// work on one core, which underestimates a parallel build measured
+	// while it had several cores.
 	BuildTimeSeconds float64 `json:"build_time_s,omitempty"`
-	Cached           bool    `json:"cached,omitempty"`
+	// Parallel marks a build that uses every core it gets.
+	Parallel bool `json:"parallel_building,omitempty"`
+	Cached   bool `json:"cached,omitempty"`
 }
 
 // ReadGraphFile loads the graph file at path, see LoadGraph.
@@ -218,6 +222,9 @@ func orderFileGraph(file GraphFile, index map[string]int) (*Graph, error) {
 		}
 		if node.BuildTime == 0 {
 			node.BuildTime = typicalTime
+		}
+		if d.Parallel {
+			node.Cores = parallelCores
 		}
 		for _, j := range inputs[i] {
 			node.Inputs = append(node.Inputs, position[j])
