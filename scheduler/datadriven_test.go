@@ -292,8 +292,8 @@ func (r *scriptRunner) format(d Decision) string {
 		if sc.RunnerUp != "" {
 			s += fmt.Sprintf(" runner-up=%s/%.1fs", sc.RunnerUp, sc.RunnerUpTotal)
 		}
-		if sc.Slots != 1 {
-			s += fmt.Sprintf(" slots=%d", sc.Slots)
+		if sc.Exclusive {
+			s += " exclusive"
 		}
 		return s + ")"
 	case Cancel:

@@ -134,7 +134,8 @@ type Score struct {
 	// FetchSeconds is FetchBytes divided by Config.FetchBandwidth.
 	FetchSeconds float64
 	// BuildSeconds is the job's estimated build time divided by the
-	// worker's speed, and also by Slots when the job takes every slot.
+	// worker's speed, and also by its slots when the job has an idle
+	// worker to itself.
 	BuildSeconds float64
 	// Speed is the worker's speed.
 	Speed float64
@@ -152,9 +153,9 @@ type Score struct {
 	RunnerUp string
 	// RunnerUpTotal is RunnerUp's Total.
 	RunnerUpTotal float64
-	// Slots is the number of the worker's slots the job takes. Under
-	// PolicyGradient an urgent job with a parallel link takes every slot
-	// of an idle worker, so the build gets all its cores, when the other
-	// ready derivations still find free slots. Otherwise it is 1.
-	Slots int
+	// Exclusive is set when the worker starts no other job while this one
+	// runs, so the job's build gets the worker's cores as its other jobs
+	// end. Under PolicyGradient an urgent job with a parallel link gets
+	// this when other ready derivations do not have to wait for it.
+	Exclusive bool
 }

@@ -173,8 +173,9 @@ func (s *Scheduler) assign(d *drv, urgent bool, now time.Time) {
 	s.startJob(w, chain, inputs, score, now)
 }
 
-// startJob makes a job of chain on w, taking score.Slots slots, and
-// emits its Assign. inputs are the links' inputs from outside the chain.
+// startJob makes a job of chain on w, which gets w to itself when
+// score.Exclusive is set, and emits its Assign. inputs are the links'
+// inputs from outside the chain.
 func (s *Scheduler) startJob(w *worker, chain, inputs []*drv, score Score, now time.Time) {
 	d := chain[0]
 	s.nextJob++
@@ -183,13 +184,15 @@ func (s *Scheduler) startJob(w *worker, chain, inputs []*drv, score Score, now t
 		worker:  w,
 		drvs:    chain,
 		project: d.evals[0].project,
-		slots:   score.Slots,
 		since:   now,
 	}
 	s.jobs[j.id] = j
-	w.running += j.slots
+	w.running++
 	w.jobs = append(w.jobs, j)
-	j.project.running += j.slots
+	j.project.running++
+	if score.Exclusive {
+		w.exclusive = j
+	}
 
 	s.dequeue(d)
 	paths := make([]string, len(chain))

@@ -85,7 +85,6 @@ func (s *Scheduler) adoptHolds(w *worker, now time.Time) {
 		s.clearHold(d)
 		score := s.score(w, d.inputs, d.estimate)
 		score.Candidates = 1
-		score.Slots = 1
 		s.startJob(w, []*drv{d}, d.inputs, score, now)
 	}
 }

@@ -7,25 +7,29 @@ import "math"
 // worker can build the chain's class, or pickNext would not have chosen
 // it.
 //
-// With exclusive set, the job takes every slot of an idle worker that can
-// build it, under one of two conditions. Either the slots left free
-// elsewhere still take every other ready derivation of its class, or
-// there are more ready derivations than free slots anyway, so every slot
-// stays busy whatever the choice and the cores go to the urgent build.
-// Otherwise a derivation would wait for slots whose cores the job may not
-// keep busy to its end. Score.Slots tells how many slots the job takes.
+// With exclusive set, the job gets its worker to itself. That is an idle
+// worker if one can build it, else the best with a free slot. The worker
+// starts no other job until this one ends, so its running jobs leave
+// their cores to the build as they end. That happens under one of two
+// conditions. Either
+// the slots left free elsewhere still take every other ready derivation
+// of its class, or there are more ready derivations than free slots
+// anyway, so every slot stays busy whatever the choice and the cores go
+// to the urgent build. Otherwise a derivation would wait for slots whose
+// cores the job may not keep busy to its end.
 func (s *Scheduler) place(chain []*drv, inputs []*drv, exclusive bool) (*worker, Score) {
 	if exclusive {
 		w, score := s.placeAmong(chain, inputs, true)
+		if w == nil {
+			w, score = s.placeAmong(chain, inputs, false)
+		}
 		ready, free := chain[0].class.ready, s.freeSlots(chain[0].class)
-		if w != nil && (ready-1 <= free-w.Slots || ready > free) {
-			score.Slots = w.Slots
+		if ready-1 <= free-w.free() || ready > free {
+			score.Exclusive = true
 			return w, score
 		}
 	}
-	w, score := s.placeAmong(chain, inputs, false)
-	score.Slots = 1
-	return w, score
+	return s.placeAmong(chain, inputs, false)
 }
 
 // freeSlots returns the free slots of the workers that can build c.
@@ -61,7 +65,8 @@ func (s *Scheduler) placeAmong(chain []*drv, inputs []*drv, idleOnly bool) (*wor
 		candidates++
 		score := s.score(w, inputs, estimate)
 		if idleOnly {
-			// The parallel build gets all of the worker's cores.
+			// The parallel build gets all of the worker's cores, one per
+			// slot.
 			score.BuildSeconds /= float64(w.Slots)
 			score.Total = score.FetchSeconds + score.BuildSeconds
 		}

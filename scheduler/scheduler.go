@@ -523,14 +523,17 @@ func (s *Scheduler) setNoWorker(d *drv) {
 	s.emit(Waiting{DrvPath: d.path, Reason: NoWorker})
 }
 
-// releaseJob frees j's slots and puts back the links it did not finish.
+// releaseJob frees j's slot and puts back the links it did not finish.
 // With countAttempt set, each link whose inputs were built costs an
 // attempt.
 func (s *Scheduler) releaseJob(j *job, countAttempt bool, now time.Time) {
 	w := j.worker
-	w.running -= j.slots
+	w.running--
 	w.jobs = slices.DeleteFunc(w.jobs, func(x *job) bool { return x == j })
-	j.project.running -= j.slots
+	j.project.running--
+	if w.exclusive == j {
+		w.exclusive = nil
+	}
 	delete(s.jobs, j.id)
 
 	for _, d := range j.drvs {

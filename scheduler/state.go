@@ -103,12 +103,10 @@ type evaluation struct {
 
 // job is a chain of derivations running on one worker.
 type job struct {
-	id      string
-	worker  *worker
-	drvs    []*drv
-	project *project
-	// slots is the number of the worker's slots the job takes.
-	slots     int
+	id        string
+	worker    *worker
+	drvs      []*drv
+	project   *project
 	cancelled bool
 	// since is when the last link was built, or when the job started, for
 	// measuring the build time of the next link.
@@ -125,7 +123,10 @@ type worker struct {
 	away bool
 	// reserved counts slots that other work, such as evaluations, takes.
 	reserved int
-	jobs     []*job
+	// exclusive is the job that has the worker to itself, see
+	// Score.Exclusive. No other job starts while it is set.
+	exclusive *job
+	jobs      []*job
 	// store contains the store paths ReportStore listed and the drv paths
 	// whose outputs the worker built or fetched for an assigned job.
 	store map[string]struct{}
@@ -177,7 +178,7 @@ func (w *worker) canRun(c *class) bool {
 }
 
 func (w *worker) free() int {
-	if w.away {
+	if w.away || w.exclusive != nil {
 		return 0
 	}
 	return max(0, w.Slots-w.running-w.reserved)
