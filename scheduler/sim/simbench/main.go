@@ -82,6 +82,25 @@ func run(ctx context.Context, out io.Writer, seeds int) (bool, error) {
 	}
 
 	fmt.Fprintln(out)
+	fmt.Fprintf(out, "More graphs and farm sizes, gradient policy, seeds %d to %d, no goal:\n", seeds+1, seeds+6)
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "| workers | worst ratio | worst ratio to release bound | release bound over lower bound |")
+	fmt.Fprintln(out, "| ---: | ---: | ---: | ---: |")
+	for _, workers := range []int{16, 32, 64} {
+		worstRatio, worstRelease, boundGap := 0.0, 0.0, 0.0
+		for seed := seeds + 1; seed <= seeds+6; seed++ {
+			r, err := sim.Run(ctx, sim.Options{Graph: "nixpkgs", Workers: workers, Seed: uint64(seed)})
+			if err != nil {
+				return false, err
+			}
+			worstRatio = max(worstRatio, r.MakespanS/r.LowerBoundS)
+			worstRelease = max(worstRelease, r.MakespanS/r.ReleaseBoundS)
+			boundGap = max(boundGap, r.ReleaseBoundS/r.LowerBoundS)
+		}
+		fmt.Fprintf(out, "| %d | %.3f | %.3f | up to %.3f |\n", workers, worstRatio, worstRelease, boundGap)
+	}
+
+	fmt.Fprintln(out)
 	fmt.Fprintln(out, "nixpkgs-shaped graph, 100,000 derivations, 32 workers, seed 1:")
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "| policy | plan s (wall) | plan s (CPU) | max decision us | max call us | scheduler s | makespan s | ratio | ratio to release bound | bytes moved GB |")
