@@ -270,7 +270,8 @@ func startSession(ctx context.Context, t *testing.T, cfg ServeConfig, heartbeatM
 // TestHelloReportsDetachedBuilds checks that a worker's Hello lists the
 // builds that went on after an earlier connection ended: while they run,
 // and after they succeeded until a job of the derivation takes them up.
-// A build that failed after its connection ended is not listed.
+// A build whose upload failed for want of a connection succeeded too. A
+// build that failed after its connection ended is not listed.
 func TestHelloReportsDetachedBuilds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -278,6 +279,7 @@ func TestHelloReportsDetachedBuilds(t *testing.T) {
 	const (
 		okDrv     = "/nix/store/00000000000000000000000000000000-ok.drv"
 		failedDrv = "/nix/store/11111111111111111111111111111111-failed.drv"
+		uploadDrv = "/nix/store/22222222222222222222222222222222-upload.drv"
 	)
 	release := make(chan struct{})
 	started := make(chan string, 4)
@@ -288,8 +290,12 @@ func TestHelloReportsDetachedBuilds(t *testing.T) {
 		case <-ctx.Done():
 			return BuildResult{}, ctx.Err()
 		}
-		if req.DrvPath == failedDrv {
+		switch req.DrvPath {
+		case failedDrv:
 			return BuildResult{}, &BuildError{Message: "builder failed"}
+		case uploadDrv:
+			_, err := nars.HasPath(ctx, "/nix/store/22222222222222222222222222222222-upload")
+			return BuildResult{}, err
 		}
 		return BuildResult{}, nil
 	}}
@@ -298,7 +304,7 @@ func TestHelloReportsDetachedBuilds(t *testing.T) {
 		Detached: detached,
 		Setup:    func(context.Context, *Welcome) (Worker, error) { return w, nil },
 		Systems:  []string{"x86_64-linux"},
-		MaxJobs:  2,
+		MaxJobs:  3,
 		SpoolDir: t.TempDir(),
 	}
 	// session starts a session and returns the node's end and the Hello.
@@ -320,7 +326,7 @@ func TestHelloReportsDetachedBuilds(t *testing.T) {
 	if len(hello.DetachedBuilds) != 0 {
 		t.Errorf("first Hello DetachedBuilds = %q, want none", hello.DetachedBuilds)
 	}
-	for job, drv := range []string{okDrv, failedDrv} {
+	for job, drv := range []string{okDrv, failedDrv, uploadDrv} {
 		if err := first.Write(ctx, &JobOffer{Job: uint64(job + 1), Build: &BuildRequest{DrvPath: drv}}); err != nil {
 			t.Fatal(err)
 		}
@@ -329,7 +335,7 @@ func TestHelloReportsDetachedBuilds(t *testing.T) {
 	first.Close(websocket.StatusGoingAway, "connection cut")
 
 	second, hello := session()
-	if want := []string{okDrv, failedDrv}; !slices.Equal(hello.DetachedBuilds, want) {
+	if want := []string{okDrv, failedDrv, uploadDrv}; !slices.Equal(hello.DetachedBuilds, want) {
 		t.Errorf("Hello while the builds run: DetachedBuilds = %q, want %q", hello.DetachedBuilds, want)
 	}
 	second.Close(websocket.StatusGoingAway, "connection cut")
@@ -337,7 +343,7 @@ func TestHelloReportsDetachedBuilds(t *testing.T) {
 	detached.Wait()
 
 	third, hello := session()
-	if want := []string{okDrv}; !slices.Equal(hello.DetachedBuilds, want) {
+	if want := []string{okDrv, uploadDrv}; !slices.Equal(hello.DetachedBuilds, want) {
 		t.Errorf("Hello after the builds ended: DetachedBuilds = %q, want %q", hello.DetachedBuilds, want)
 	}
 	if err := third.Write(ctx, &JobOffer{Job: 1, Build: &BuildRequest{DrvPath: okDrv}}); err != nil {
@@ -355,7 +361,7 @@ func TestHelloReportsDetachedBuilds(t *testing.T) {
 	third.Close(websocket.StatusGoingAway, "connection cut")
 
 	_, hello = session()
-	if len(hello.DetachedBuilds) != 0 {
-		t.Errorf("Hello after a job took up the build: DetachedBuilds = %q, want none", hello.DetachedBuilds)
+	if want := []string{uploadDrv}; !slices.Equal(hello.DetachedBuilds, want) {
+		t.Errorf("Hello after a job took up a build: DetachedBuilds = %q, want %q", hello.DetachedBuilds, want)
 	}
 }

@@ -583,15 +583,13 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 }
 
 // logDetached logs the end of a build that ran on after its session
-// ended, whose result cannot reach the node, and records a success for
-// the next Hello.
+// ended, whose result cannot reach the node.
 func (s *workerSession) logDetached(offer *JobOffer, result *JobResult) {
 	log := s.log.With("job", offer.Job, "drv_path", offer.Build.DrvPath)
 	if result.Error != nil {
 		log.Info("build ended after the connection to the node ended", "err", result.Error.Message, "build_failed", result.Error.BuildFailed)
 		return
 	}
-	s.cfg.Detached.succeeded(offer.Build.DrvPath)
 	log.Info("build ended after the connection to the node ended")
 }
 
@@ -617,6 +615,12 @@ func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bo
 		var res BuildResult
 		res, err = s.worker.Build(ctx, *offer.Build, log, sink)
 		result.Build = &res
+		// Once the connection is gone, only the upload after nix built
+		// the outputs fails, so the outputs are in the store: the next
+		// Hello reports the build.
+		if detached && (err == nil && s.ctx.Err() != nil || errors.Is(err, ErrConnectionLost)) {
+			s.cfg.Detached.succeeded(offer.Build.DrvPath)
+		}
 		// Nix finished this build only after any earlier build of the
 		// derivation, so the output those wrote while their connection
 		// was down is complete: it goes into this job's log.
