@@ -60,9 +60,14 @@ func (d *driver) carryOut(ctx context.Context, dec scheduler.Decision) {
 		})
 	case scheduler.Waiting:
 		d.log.Debug("derivation waiting", "drv_path", dec.DrvPath, "reason", dec.Reason)
-		if dec.Reason == scheduler.NoWorker {
+		switch dec.Reason {
+		case scheduler.NoWorker:
 			d.noteNoWorker(dec.DrvPath)
+		case scheduler.HeldForWorker:
+			d.buildHeld(dec.DrvPath, dec.Until)
 		}
+	case scheduler.HoldEnded:
+		d.holdEnded(dec)
 	case scheduler.EvaluationDone:
 		id, err := strconv.ParseUint(dec.EvalID, 10, 64)
 		if err != nil {
@@ -160,6 +165,36 @@ func (d *driver) buildRequeued(drvPath, workerID string) {
 			b.Status = db.BuildQueued
 			b.StartedAt = nil
 			b.Waiting = "queued again: worker " + workerID + " left during the build"
+		}
+	})
+}
+
+// buildHeld notes in the records of a derivation that the scheduler holds
+// it for the worker that was building it before the node restarted.
+// Called on the Run goroutine.
+func (d *driver) buildHeld(drvPath string, until time.Time) {
+	st, _ := d.sched.Status(drvPath)
+	d.log.Info("build held for the worker that was building it before the restart",
+		"drv_path", drvPath, "worker_id", st.HeldFor, "until", until)
+	waiting := fmt.Sprintf("the node restarted during the build: waiting until %s for worker %s, which may still be building it, to reconnect",
+		until.UTC().Format(time.RFC3339), st.HeldFor)
+	d.updateBuilds(drvPath, func(b *db.Build) { b.Waiting = waiting })
+}
+
+// holdEnded marks the builds of a derivation that the scheduler held for
+// a worker as queued again. Called on the Run goroutine.
+func (d *driver) holdEnded(dec scheduler.HoldEnded) {
+	waiting := "queued again: worker " + dec.WorkerID + " reconnected without the build it ran before the node restarted"
+	if dec.Expired {
+		waiting = "queued again: worker " + dec.WorkerID + " did not reconnect within its lease after the node restarted"
+	}
+	d.log.Info("build no longer held for its worker; it goes to any worker", "drv_path", dec.DrvPath, "worker_id", dec.WorkerID, "expired", dec.Expired)
+	d.updateBuilds(dec.DrvPath, func(b *db.Build) {
+		if b.Status == db.BuildBuilding && b.WorkerID == dec.WorkerID {
+			b.Status = db.BuildQueued
+			b.WorkerID = ""
+			b.StartedAt = nil
+			b.Waiting = waiting
 		}
 	})
 }

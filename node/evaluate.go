@@ -246,6 +246,12 @@ func (d *driver) addReportedGraph(ctx context.Context, e db.Evaluation, builds [
 			// known only from the mesh's board of announcements.
 			g.Derivations[len(g.Derivations)-1].PeerETA = d.mesh.peerETA(b.DrvPath)
 		}
+		if w := d.heldWorker(b); w != "" {
+			// The graph of a resumed evaluation: the worker may still
+			// be building it, see resume.
+			g.Derivations[len(g.Derivations)-1].HeldFor = w
+			g.Derivations[len(g.Derivations)-1].HeldUntil = d.now().Add(d.cfg.WorkerLease)
+		}
 	}
 	if pending == 0 {
 		d.finishEvaluation(e.ID, ae)

@@ -111,7 +111,10 @@ type harness struct {
 	logs  *logStore
 }
 
-func newHarness(t *testing.T, cfg driverConfig) *harness {
+// newHarness starts the driver of a harness. Each seed function runs on
+// the database before the driver starts, as the state a previous run of
+// the node left.
+func newHarness(t *testing.T, cfg driverConfig, seed ...func(records *db.DB)) *harness {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if os.Getenv("GRADIENT_TEST_LOG") == "" {
@@ -120,6 +123,9 @@ func newHarness(t *testing.T, cfg driverConfig) *harness {
 	records, err := db.Open(t.TempDir(), log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, fn := range seed {
+		fn(records)
 	}
 	secret, _, err := cache.GenerateKey("test-1")
 	if err != nil {

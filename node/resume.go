@@ -10,8 +10,10 @@ import (
 // resume picks up the evaluations that a previous run of the node left
 // unfinished, for example after kill -9. An evaluation that had not
 // produced its graph is evaluated again. One that was building gets its
-// graph back: builds that were running are queued again, and builds whose
-// input failed before the restart are marked dependency failed.
+// graph back, and builds whose input failed before the restart are marked
+// dependency failed. A build that was running on a remote worker is held
+// for that worker for its lease, see heldWorker, and other builds that
+// were running are queued again.
 func (d *driver) resume(ctx context.Context) error {
 	evals, err := d.db.ListUnfinishedEvaluations()
 	if err != nil {
@@ -28,18 +30,19 @@ func (d *driver) resume(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("list builds of evaluation %d: %w", e.ID, err)
 			}
-			requeued := d.resetBuilds(builds)
-			log.Info("resuming builds", "builds", len(builds), "requeued", requeued)
+			requeued, held := d.resetBuilds(builds)
+			log.Info("resuming builds", "builds", len(builds), "requeued", requeued, "held", held)
 			d.addGraph(ctx, e, builds)
 		}
 	}
 	return nil
 }
 
-// resetBuilds queues builds that were running again and marks the
-// dependents of failed builds, storing every change. It returns how many
-// builds it queued again.
-func (d *driver) resetBuilds(builds []db.Build) int {
+// resetBuilds queues builds that were running again, except those held
+// for their worker, and marks the dependents of failed builds, storing
+// every change. It returns how many builds it queued again and how many
+// it left building for their worker.
+func (d *driver) resetBuilds(builds []db.Build) (requeued, held int) {
 	byDrv := make(map[string]*db.Build, len(builds))
 	for i := range builds {
 		byDrv[builds[i].DrvPath] = &builds[i]
@@ -75,7 +78,6 @@ func (d *driver) resetBuilds(builds []db.Build) int {
 		return ""
 	}
 
-	requeued := 0
 	now := d.now().UTC()
 	for i := range builds {
 		b := &builds[i]
@@ -86,6 +88,9 @@ func (d *driver) resetBuilds(builds []db.Build) int {
 			b.Status = db.BuildDependencyFailed
 			b.FailedDependency = f
 			b.FinishedAt = &now
+		} else if d.heldWorker(b) != "" {
+			held++
+			continue
 		} else if b.Status == db.BuildBuilding {
 			b.Status = db.BuildQueued
 			b.WorkerID = ""
@@ -98,5 +103,18 @@ func (d *driver) resetBuilds(builds []db.Build) int {
 			d.log.Error("store build failed", "build_id", b.ID, "err", err)
 		}
 	}
-	return requeued
+	return requeued, held
+}
+
+// heldWorker returns the worker that a build still recorded as building
+// ran on before the node restarted, when the scheduler should hold the
+// build for it, and "" otherwise. A remote worker keeps such a build
+// running after its connection ended, so giving it to another worker
+// would run the builder twice. The in-process worker's builds ended with
+// the node's process, and without a lease nothing waits for a worker.
+func (d *driver) heldWorker(b *db.Build) string {
+	if b.Status != db.BuildBuilding || d.cfg.WorkerLease <= 0 || b.WorkerID == localWorkerID {
+		return ""
+	}
+	return b.WorkerID
 }

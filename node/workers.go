@@ -112,6 +112,19 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 			}
 			d.removeWorker(ctx, l, "it reconnected with other systems, features or slots")
 		}
+
+		// Builds held for the worker since the node restarted stay with
+		// it when it reports them: it is still building them, or built
+		// them since. AddWorker gives them to it. The others go to any
+		// worker.
+		var reported []string
+		if hello.Has(protocol.CapBuild) {
+			reported = hello.DetachedBuilds
+		}
+		if len(reported) > 0 {
+			d.log.Info("worker reports builds that went on after an earlier connection ended", "worker_id", w.ID(), "builds", len(reported))
+		}
+		d.apply(ctx, d.sched.ReleaseHolds(w.ID(), reported, d.now()))
 		if !hello.Has(protocol.CapBuild) {
 			return
 		}
