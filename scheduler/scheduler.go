@@ -27,6 +27,9 @@ type Scheduler struct {
 	drvs  map[string]*drv
 	evals map[string]*evaluation
 	jobs  map[string]*job
+	// ended holds the jobs whose last link was built, which freed their
+	// slot, until JobFinished reports them.
+	ended map[string]struct{}
 	// workers is sorted by ID, so that iteration is deterministic.
 	workers  []*worker
 	projects map[string]*project
@@ -72,6 +75,7 @@ func New(cfg Config) (*Scheduler, error) {
 		drvs:     make(map[string]*drv),
 		evals:    make(map[string]*evaluation),
 		jobs:     make(map[string]*job),
+		ended:    make(map[string]struct{}),
 		projects: make(map[string]*project),
 		classes:  make(map[string]*class),
 		history:  make(map[historyKey]*historyValue),
@@ -254,8 +258,14 @@ func (s *Scheduler) SetOutputSize(drvPath string, size uint64) {
 
 // DerivationBuilt records that a job built one of its derivations, and
 // assigns the jobs this unblocks. Its build time feeds the history. A
-// second report of the same derivation changes nothing.
+// second report of the same derivation changes nothing. When it was the
+// job's last link, the job's slot is free for these assignments already,
+// so a dependent can go to the worker that holds its input; JobFinished
+// must still follow.
 func (s *Scheduler) DerivationBuilt(jobID, drvPath string, now time.Time) ([]Decision, error) {
+	if _, ok := s.ended[jobID]; ok {
+		return nil, nil
+	}
 	j, d, err := s.jobDerivation(jobID, drvPath)
 	if err != nil {
 		return nil, fmt.Errorf("record built derivation: %w", err)
@@ -271,6 +281,10 @@ func (s *Scheduler) DerivationBuilt(jobID, drvPath string, now time.Time) ([]Dec
 	j.worker.store[d.path] = struct{}{}
 
 	s.markBuilt(d, false, now)
+	if !slices.ContainsFunc(j.drvs, func(x *drv) bool { return !x.state.terminal() }) {
+		s.releaseJob(j, false, now)
+		s.ended[jobID] = struct{}{}
+	}
 	s.dispatch(now)
 	return s.take(), nil
 }
@@ -280,6 +294,9 @@ func (s *Scheduler) DerivationBuilt(jobID, drvPath string, now time.Time) ([]Dec
 // with a DependencyFailed decision and is never built. The job keeps its
 // slot until JobFinished.
 func (s *Scheduler) DerivationFailed(jobID, drvPath, reason string, now time.Time) ([]Decision, error) {
+	if _, ok := s.ended[jobID]; ok {
+		return nil, nil
+	}
 	_, d, err := s.jobDerivation(jobID, drvPath)
 	if err != nil {
 		return nil, fmt.Errorf("record failed derivation: %w", err)
@@ -298,6 +315,11 @@ func (s *Scheduler) DerivationFailed(jobID, drvPath, reason string, now time.Tim
 // back to the queue. Each time that happens to a derivation whose inputs
 // were built costs it an attempt, and after Config.MaxAttempts it fails.
 func (s *Scheduler) JobFinished(jobID string, now time.Time) ([]Decision, error) {
+	if _, ok := s.ended[jobID]; ok {
+		delete(s.ended, jobID)
+		s.dispatch(now)
+		return s.take(), nil
+	}
 	j, ok := s.jobs[jobID]
 	if !ok {
 		return nil, fmt.Errorf("finish job %q: %w", jobID, ErrUnknownJob)

@@ -123,6 +123,8 @@ func runRandomEvents(t *testing.T, policy Policy, seed uint64) {
 
 	built := make(map[string]bool)
 	running := make(map[string]Assign) // by job ID
+	builtLinks := make(map[string]int) // by job ID
+	stopped := make(map[string]bool)   // by job ID
 	pendingEvals := make(map[string]bool)
 	workerSlots := map[string]int{}
 
@@ -146,6 +148,11 @@ func runRandomEvents(t *testing.T, policy Policy, seed uint64) {
 						t.Fatalf("%s assigned in %s before its input %s is built", p, d.JobID, inPath)
 					}
 					for _, other := range running {
+						// A job whose link failed builds nothing more,
+						// because each link depends on the one before.
+						if stopped[other.JobID] {
+							continue
+						}
 						for _, q := range other.DrvPaths {
 							if q == p && !built[p] {
 								t.Fatalf("%s assigned in %s while job %s builds it", p, d.JobID, other.JobID)
@@ -162,9 +169,13 @@ func runRandomEvents(t *testing.T, policy Policy, seed uint64) {
 			}
 		}
 
+		// A job whose links are all built has freed its slot, though
+		// JobFinished has not come yet.
 		perWorker := map[string]int{}
 		for _, a := range running {
-			perWorker[a.WorkerID]++
+			if builtLinks[a.JobID] < len(a.DrvPaths) {
+				perWorker[a.WorkerID]++
+			}
 		}
 		for w, n := range perWorker {
 			if n > workerSlots[w] {
@@ -241,9 +252,11 @@ func runRandomEvents(t *testing.T, policy Policy, seed uint64) {
 				delete(running, a.JobID)
 				check(must(s.JobFinished(a.JobID, now)))
 			case rng.IntN(15) == 0:
+				stopped[a.JobID] = true
 				check(must(s.DerivationFailed(a.JobID, next, "exit code 1", now)))
 			default:
 				built[next] = true
+				builtLinks[a.JobID]++
 				check(must(s.DerivationBuilt(a.JobID, next, now)))
 			}
 		default:
