@@ -570,15 +570,20 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 			release()
 			return
 		}
-		result := s.runJob(jobCtx, offer, detached)
+		result, built := s.runJob(jobCtx, offer, detached)
 		// The slot is free before the result goes out: a node that reads
 		// the result may offer the next job at once.
 		release()
 		if detached && s.ctx.Err() != nil {
 			s.logDetached(offer, result)
+		} else if err := s.conn.Write(s.ctx, result); err == nil || !detached {
 			return
 		}
-		_ = s.conn.Write(s.ctx, result)
+		// The result cannot reach the node, so the next Hello reports a
+		// build whose outputs are in the store.
+		if built {
+			s.cfg.Detached.succeeded(offer.Build.DrvPath)
+		}
 	}()
 }
 
@@ -593,16 +598,17 @@ func (s *workerSession) logDetached(offer *JobOffer, result *JobResult) {
 	log.Info("build ended after the connection to the node ended")
 }
 
-// runJob runs one job with the session's Worker and returns its result.
-// A detached job drops its log once the connection is gone, instead of
-// failing, so that nix goes on.
-func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bool) *JobResult {
+// runJob runs one job with the session's Worker and returns its result,
+// and for a build whether nix built the outputs, even if their upload
+// failed because the connection ended. A detached job drops its log once
+// the connection is gone, instead of failing, so that nix goes on.
+func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bool) (result *JobResult, built bool) {
 	log := &logWriter{s: s, job: offer.Job}
 	if detached {
 		log.detachedDrv = offer.Build.DrvPath
 	}
 	sink := &remoteSink{s: s, job: offer.Job}
-	result := &JobResult{Job: offer.Job}
+	result = &JobResult{Job: offer.Job}
 	var err error
 	if offer.Eval != nil {
 		var res EvalResult
@@ -615,12 +621,9 @@ func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bo
 		var res BuildResult
 		res, err = s.worker.Build(ctx, *offer.Build, log, sink)
 		result.Build = &res
-		// Once the connection is gone, only the upload after nix built
-		// the outputs fails, so the outputs are in the store: the next
-		// Hello reports the build.
-		if detached && (err == nil && s.ctx.Err() != nil || errors.Is(err, ErrConnectionLost)) {
-			s.cfg.Detached.succeeded(offer.Build.DrvPath)
-		}
+		// Only the upload after nix built the outputs fails for want of
+		// a connection: the log of a detached build does not.
+		built = err == nil || detached && errors.Is(err, ErrConnectionLost)
 		// Nix finished this build only after any earlier build of the
 		// derivation, so the output those wrote while their connection
 		// was down is complete: it goes into this job's log.
@@ -642,7 +645,7 @@ func (s *workerSession) runJob(ctx context.Context, offer *JobOffer, detached bo
 			result.Error.Message = be.Message
 		}
 	}
-	return result
+	return result, built
 }
 
 // uploadDerivations uploads the .drv closure of an evaluation result to
