@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -23,6 +24,32 @@ type Worker struct {
 	LastSeen *time.Time `json:"last_seen,omitempty"`
 	// Builds counts the builds the worker finished, succeeded or failed.
 	Builds uint64 `json:"builds"`
+	// Speed is the worker's build speed relative to a reference machine,
+	// which the scheduler uses to estimate build times: a build that
+	// takes 60 s at speed 1 is expected to take 30 s at speed 2. Zero,
+	// in records written before speeds were stored, means 1.
+	Speed float64 `json:"speed,omitempty"`
+}
+
+// DefaultWorkerSpeed is the speed of a worker registered without one.
+const DefaultWorkerSpeed = 1.0
+
+// EffectiveSpeed returns w.Speed, or DefaultWorkerSpeed for a record
+// that stores none.
+func (w Worker) EffectiveSpeed() float64 {
+	if w.Speed == 0 {
+		return DefaultWorkerSpeed
+	}
+	return w.Speed
+}
+
+// ValidateWorkerSpeed returns an error unless speed is a positive finite
+// number.
+func ValidateWorkerSpeed(speed float64) error {
+	if !(speed > 0) || math.IsInf(speed, 0) {
+		return fmt.Errorf("worker speed %v is invalid: give a positive number, such as 2 for a machine that builds twice as fast as one of speed 1", speed)
+	}
+	return nil
 }
 
 // HashToken returns the hex SHA-256 of a worker token, the form the
@@ -36,13 +63,25 @@ func workerKey(name string) []byte { return []byte("worker/" + name) }
 
 func workerTokenKey(hash string) []byte { return []byte("workertoken/" + hash) }
 
-// CreateWorker registers a worker with the hash of its token. It returns
-// an error wrapping ErrExists when the name is taken.
+// CreateWorker registers a worker of DefaultWorkerSpeed with the hash of
+// its token. It returns an error wrapping ErrExists when the name is
+// taken.
 func (d *DB) CreateWorker(name, tokenHash string, now time.Time) (Worker, error) {
+	return d.CreateWorkerWithSpeed(name, tokenHash, DefaultWorkerSpeed, now)
+}
+
+// CreateWorkerWithSpeed registers a worker of the given build speed with
+// the hash of its token. It returns an error wrapping ErrExists when the
+// name is taken, and an error for a speed that ValidateWorkerSpeed
+// rejects.
+func (d *DB) CreateWorkerWithSpeed(name, tokenHash string, speed float64, now time.Time) (Worker, error) {
 	if err := ValidateName("worker name", name); err != nil {
 		return Worker{}, err
 	}
-	w := Worker{Name: name, TokenHash: tokenHash, CreatedAt: now.UTC()}
+	if err := ValidateWorkerSpeed(speed); err != nil {
+		return Worker{}, err
+	}
+	w := Worker{Name: name, TokenHash: tokenHash, CreatedAt: now.UTC(), Speed: speed}
 	err := d.update(func(txn *badger.Txn) error {
 		var old Worker
 		err := getJSON(txn, workerKey(name), &old)
@@ -143,6 +182,16 @@ func (d *DB) EnsureWorker(name string, now time.Time) error {
 		return nil
 	}
 	return err
+}
+
+// SetWorkerSpeed stores a new build speed for the worker. It returns an
+// error wrapping ErrNotFound for an unknown name, and an error for a
+// speed that ValidateWorkerSpeed rejects.
+func (d *DB) SetWorkerSpeed(name string, speed float64) error {
+	if err := ValidateWorkerSpeed(speed); err != nil {
+		return err
+	}
+	return d.UpdateWorker(name, func(w *Worker) { w.Speed = speed })
 }
 
 // UpdateWorker applies fn to the worker's record and stores it. It

@@ -2,6 +2,7 @@ package db
 
 import (
 	"errors"
+	"math"
 	"testing"
 	"time"
 )
@@ -46,5 +47,57 @@ func TestWorkerTokens(t *testing.T) {
 	}
 	if err := d.UpdateWorker("builder-1", func(w *Worker) {}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("UpdateWorker after DeleteWorker = %v, want ErrNotFound", err)
+	}
+}
+
+func TestWorkerSpeed(t *testing.T) {
+	d := openTest(t)
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if _, err := d.CreateWorker("plain", HashToken("a"), now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateWorkerWithSpeed("fast", HashToken("b"), 2.5, now); err != nil {
+		t.Fatal(err)
+	}
+
+	if w, err := d.GetWorker("plain"); err != nil || w.Speed != DefaultWorkerSpeed {
+		t.Errorf("GetWorker(plain).Speed = %v, %v, want %v", w.Speed, err, DefaultWorkerSpeed)
+	}
+	if w, err := d.GetWorker("fast"); err != nil || w.Speed != 2.5 {
+		t.Errorf("GetWorker(fast).Speed = %v, %v, want 2.5", w.Speed, err)
+	}
+
+	if err := d.SetWorkerSpeed("plain", 0.5); err != nil {
+		t.Fatalf("SetWorkerSpeed(plain, 0.5) = %v", err)
+	}
+	if w, _ := d.GetWorker("plain"); w.Speed != 0.5 {
+		t.Errorf("Speed after SetWorkerSpeed = %v, want 0.5", w.Speed)
+	}
+	if err := d.SetWorkerSpeed("gone", 2); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetWorkerSpeed(unknown) = %v, want ErrNotFound", err)
+	}
+
+	for _, bad := range []float64{0, -1, math.NaN(), math.Inf(1)} {
+		if err := d.SetWorkerSpeed("plain", bad); err == nil {
+			t.Errorf("SetWorkerSpeed(%v) = nil, want an error", bad)
+		}
+		if _, err := d.CreateWorkerWithSpeed("bad", HashToken("c"), bad, now); err == nil {
+			t.Errorf("CreateWorkerWithSpeed(%v) = nil, want an error", bad)
+		}
+	}
+	if w, _ := d.GetWorker("plain"); w.Speed != 0.5 {
+		t.Errorf("Speed after rejected updates = %v, want 0.5", w.Speed)
+	}
+	if _, err := d.GetWorker("bad"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetWorker(bad) = %v, want ErrNotFound after rejected creates", err)
+	}
+}
+
+func TestWorkerEffectiveSpeed(t *testing.T) {
+	if got := (Worker{}).EffectiveSpeed(); got != DefaultWorkerSpeed {
+		t.Errorf("EffectiveSpeed of a record without speed = %v, want %v", got, DefaultWorkerSpeed)
+	}
+	if got := (Worker{Speed: 3}).EffectiveSpeed(); got != 3 {
+		t.Errorf("EffectiveSpeed(3) = %v, want 3", got)
 	}
 }
