@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/gradient-ci/gradient/cache"
 	"github.com/gradient-ci/gradient/internal/db"
 	"github.com/gradient-ci/gradient/protocol"
 	"github.com/gradient-ci/gradient/scheduler"
@@ -231,49 +233,50 @@ func (d *driver) buildStarted(jobID, workerID, drvPath string, first bool) {
 // When the node shuts down, nothing is reported and the builds stay
 // unfinished for the next start. jobCtx ends only when the job is
 // cancelled.
+//
+// A link starts as soon as the worker reports the one before it built,
+// while that one's outputs still upload to the cache: its input is in
+// the worker's store already. Results are still reported in order, each
+// once its upload ended, so dependents on other workers find the outputs
+// in the cache. A link that fails stops the one after it.
 func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a scheduler.Assign) {
 	log := d.log.With("job_id", a.JobID, "worker_id", a.WorkerID)
+	linksCtx, stopLinks := context.WithCancel(jobCtx)
+	defer stopLinks()
+
+	var next *runningLink
+	current := d.startLink(linksCtx, nodeCtx, log, link, a, 0)
 	for i, drv := range a.DrvPaths {
-		_ = d.post(nodeCtx, func(context.Context) { d.buildStarted(a.JobID, a.WorkerID, drv, i == 0) })
-		d.mesh.buildStarted(nodeCtx, drv, jobETA(a))
-		res, err := d.buildOnLink(jobCtx, nodeCtx, log, link, drv)
+		hasNext := i+1 < len(a.DrvPaths)
+		var r linkResult
+		if hasNext {
+			select {
+			case <-current.built:
+				next = d.startLink(linksCtx, nodeCtx, log, link, a, i+1)
+				r = <-current.done
+			case r = <-current.done:
+			}
+		} else {
+			r = <-current.done
+		}
 		if nodeCtx.Err() != nil {
 			return
 		}
-		d.mesh.buildEnded(nodeCtx, drv, meshBuildEvent(err), outputsByName(res))
-		var be *protocol.BuildError
-		switch {
-		case err == nil:
-		case errors.As(err, &be):
-			log.Warn("build failed", "drv_path", drv, "err", err)
-			_ = d.post(nodeCtx, func(ctx context.Context) {
-				d.workerFinishedBuild(a.WorkerID)
-				d.derivationFailed(ctx, a.JobID, drv, be.Message)
-			})
-		case errors.Is(err, protocol.ErrWorkerGone):
-			log.Warn("worker removed during the build; the job is queued again", "drv_path", drv, "err", err)
-			_ = d.post(nodeCtx, func(context.Context) {
-				delete(d.jobs, a.JobID)
-				d.buildRequeued(drv, a.WorkerID)
-			})
-			return
-		default:
-			log.Warn("worker fault during the build; the job ends without a result", "drv_path", drv, "err", err)
-			msg := err.Error()
-			_ = d.post(nodeCtx, func(context.Context) { d.faults[drv] = msg })
-			if errors.Is(err, protocol.ErrWorkerFault) {
-				d.restWorker(nodeCtx, link)
-			}
-		}
-		if err != nil {
+		if !d.reportLink(nodeCtx, log, link, a, drv, r) {
 			break
 		}
-		log.Info("build succeeded", "drv_path", drv)
-		_ = d.post(nodeCtx, func(ctx context.Context) {
-			d.workerFinishedBuild(a.WorkerID)
-			d.derivationBuilt(ctx, a.JobID, drv, res)
-		})
+		if hasNext && next == nil {
+			next = d.startLink(linksCtx, nodeCtx, log, link, a, i+1)
+		}
+		current, next = next, nil
 	}
+	if next != nil {
+		// The link after a failure was started already: stop it, and
+		// wait so that its result cannot come after the job's end.
+		stopLinks()
+		<-next.done
+	}
+
 	_ = d.post(nodeCtx, func(ctx context.Context) {
 		delete(d.jobs, a.JobID)
 		decisions, err := d.sched.JobFinished(a.JobID, d.now())
@@ -285,6 +288,81 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 		}
 		d.apply(ctx, decisions)
 	})
+}
+
+// runningLink is the build of one link of a job.
+type runningLink struct {
+	// built is closed when the worker reports the outputs built, which
+	// workers before JobBuilt never do.
+	built chan struct{}
+	done  chan linkResult
+}
+
+type linkResult struct {
+	res protocol.BuildResult
+	err error
+}
+
+// startLink starts building link i of job a on the worker of link.
+func (d *driver) startLink(ctx, nodeCtx context.Context, log *slog.Logger, link *workerLink, a scheduler.Assign, i int) *runningLink {
+	drv := a.DrvPaths[i]
+	_ = d.post(nodeCtx, func(context.Context) { d.buildStarted(a.JobID, a.WorkerID, drv, i == 0) })
+	d.mesh.buildStarted(nodeCtx, drv, jobETA(a))
+
+	l := &runningLink{built: make(chan struct{}), done: make(chan linkResult, 1)}
+	sink := &builtSink{Store: d.cache, built: l.built}
+	go func() {
+		res, err := d.buildOnLink(ctx, nodeCtx, log, link, drv, sink)
+		l.done <- linkResult{res, err}
+	}()
+	return l
+}
+
+// builtSink is the cache as the NARSink of one build. It closes built
+// when the worker reports the outputs built.
+type builtSink struct {
+	*cache.Store
+	built chan struct{}
+	once  sync.Once
+}
+
+func (s *builtSink) OutputsBuilt() { s.once.Do(func() { close(s.built) }) }
+
+// reportLink reports the result r of the link drvPath of job a and
+// returns whether the job goes on with its next link.
+func (d *driver) reportLink(nodeCtx context.Context, log *slog.Logger, link *workerLink, a scheduler.Assign, drv string, r linkResult) bool {
+	res, err := r.res, r.err
+	d.mesh.buildEnded(nodeCtx, drv, meshBuildEvent(err), outputsByName(res))
+	var be *protocol.BuildError
+	switch {
+	case err == nil:
+		log.Info("build succeeded", "drv_path", drv)
+		_ = d.post(nodeCtx, func(ctx context.Context) {
+			d.workerFinishedBuild(a.WorkerID)
+			d.derivationBuilt(ctx, a.JobID, drv, res)
+		})
+		return true
+	case errors.As(err, &be):
+		log.Warn("build failed", "drv_path", drv, "err", err)
+		_ = d.post(nodeCtx, func(ctx context.Context) {
+			d.workerFinishedBuild(a.WorkerID)
+			d.derivationFailed(ctx, a.JobID, drv, be.Message)
+		})
+	case errors.Is(err, protocol.ErrWorkerGone):
+		log.Warn("worker removed during the build; the job is queued again", "drv_path", drv, "err", err)
+		_ = d.post(nodeCtx, func(context.Context) {
+			delete(d.jobs, a.JobID)
+			d.buildRequeued(drv, a.WorkerID)
+		})
+	default:
+		log.Warn("worker fault during the build; the job ends without a result", "drv_path", drv, "err", err)
+		msg := err.Error()
+		_ = d.post(nodeCtx, func(context.Context) { d.faults[drv] = msg })
+		if errors.Is(err, protocol.ErrWorkerFault) {
+			d.restWorker(nodeCtx, link)
+		}
+	}
+	return false
 }
 
 // restWorker keeps the scheduler from giving the worker of link new jobs
@@ -305,7 +383,7 @@ func (d *driver) restWorker(ctx context.Context, link *workerLink) {
 // offers the build again. It returns an error wrapping
 // protocol.ErrWorkerGone once the worker is removed. The build runs on
 // jobCtx; the waits between offers end with nodeCtx too.
-func (d *driver) buildOnLink(jobCtx, nodeCtx context.Context, log *slog.Logger, link *workerLink, drvPath string) (protocol.BuildResult, error) {
+func (d *driver) buildOnLink(jobCtx, nodeCtx context.Context, log *slog.Logger, link *workerLink, drvPath string, sink protocol.NARSink) (protocol.BuildResult, error) {
 	waitCtx, cancel := context.WithCancel(jobCtx)
 	defer cancel()
 	defer context.AfterFunc(nodeCtx, cancel)()
@@ -320,7 +398,7 @@ func (d *driver) buildOnLink(jobCtx, nodeCtx context.Context, log *slog.Logger, 
 			return protocol.BuildResult{}, err
 		}
 
-		res, err := d.buildRetryingDeclines(jobCtx, waitCtx, log, w, link.id, drvPath)
+		res, err := d.buildRetryingDeclines(jobCtx, waitCtx, log, w, link.id, drvPath, sink)
 		if !errors.Is(err, protocol.ErrWorkerGone) {
 			return res, err
 		}
@@ -335,10 +413,10 @@ func (d *driver) buildOnLink(jobCtx, nodeCtx context.Context, log *slog.Logger, 
 // buildRetryingDeclines builds one derivation on w, offering the build
 // again after a growing delay each time the worker declines it. The
 // build runs on ctx, and the delays end with waitCtx.
-func (d *driver) buildRetryingDeclines(ctx, waitCtx context.Context, log *slog.Logger, w protocol.Worker, workerID, drvPath string) (protocol.BuildResult, error) {
+func (d *driver) buildRetryingDeclines(ctx, waitCtx context.Context, log *slog.Logger, w protocol.Worker, workerID, drvPath string, sink protocol.NARSink) (protocol.BuildResult, error) {
 	delay := d.cfg.RetryDelay
 	for attempt := 1; ; attempt++ {
-		res, err := d.buildOne(ctx, w, workerID, drvPath, attempt)
+		res, err := d.buildOne(ctx, w, workerID, drvPath, attempt, sink)
 		if !errors.Is(err, protocol.ErrJobDeclined) {
 			return res, err
 		}
@@ -376,14 +454,14 @@ func (d *driver) workerFinishedBuild(workerID string) {
 // after a line that names the attempt. A fault of the worker, as opposed
 // to a failing builder, is written to the log too, so the log of every
 // failed build contains the reason.
-func (d *driver) buildOne(ctx context.Context, w protocol.Worker, workerID, drvPath string, attempt int) (protocol.BuildResult, error) {
+func (d *driver) buildOne(ctx context.Context, w protocol.Worker, workerID, drvPath string, attempt int, sink protocol.NARSink) (protocol.BuildResult, error) {
 	f, err := d.logs.Open(drvPath, d.now(), workerID)
 	if err != nil {
 		return protocol.BuildResult{}, fmt.Errorf("open build log: %w", err)
 	}
 	defer f.Close()
 
-	res, err := w.Build(ctx, protocol.BuildRequest{DrvPath: drvPath}, f, d.cache)
+	res, err := w.Build(ctx, protocol.BuildRequest{DrvPath: drvPath}, f, sink)
 	if err != nil && !protocol.IsBuildError(err) && ctx.Err() == nil {
 		fmt.Fprintf(f, "\ngradient: %v\n", err)
 	}

@@ -37,6 +37,8 @@ func (c *fakeClock) Advance(d time.Duration) {
 type fakeWorker struct {
 	evaluate func(ctx context.Context, req protocol.EvalRequest) (protocol.EvalResult, error)
 	build    func(ctx context.Context, req protocol.BuildRequest, log io.Writer) (protocol.BuildResult, error)
+	// buildToSink, when set, replaces build and gets the build's NARSink.
+	buildToSink func(ctx context.Context, req protocol.BuildRequest, nars protocol.NARSink) (protocol.BuildResult, error)
 }
 
 func (f *fakeWorker) Evaluate(ctx context.Context, req protocol.EvalRequest, progress io.Writer) (protocol.EvalResult, error) {
@@ -44,6 +46,9 @@ func (f *fakeWorker) Evaluate(ctx context.Context, req protocol.EvalRequest, pro
 }
 
 func (f *fakeWorker) Build(ctx context.Context, req protocol.BuildRequest, log io.Writer, nars protocol.NARSink) (protocol.BuildResult, error) {
+	if f.buildToSink != nil {
+		return f.buildToSink(ctx, req, nars)
+	}
 	return f.build(ctx, req, log)
 }
 

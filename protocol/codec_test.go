@@ -24,7 +24,7 @@ func sampleMessages() []Message {
 	}
 	return []Message{
 		&Hello{Version: Version, Capabilities: []Capability{CapEval, CapBuild}, Systems: []string{"x86_64-linux"}, Features: []string{"kvm"}, MaxJobs: 2, CPUs: 4, MemoryBytes: 8 << 30},
-		&Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 5000, LeaseMillis: 30000, CachePath: "/cache/main", CachePublicKey: "k-1:abc"},
+		&Welcome{Version: Version, WorkerID: "w1", HeartbeatMillis: 5000, LeaseMillis: 30000, CachePath: "/cache/main", CachePublicKey: "k-1:abc", JobBuilt: true},
 		&Reject{Reason: "protocol version 0 is not supported"},
 		&Heartbeat{RunningJobs: 1, Load1: 0.5, FreeDiskBytes: 1 << 30},
 		&JobOffer{Job: 1, Eval: &EvalRequest{FlakeRef: "path:/src", EntryPoints: []string{"packages.*.*"}, ListOnly: true}},
@@ -33,10 +33,11 @@ func sampleMessages() []Message {
 		&JobDecline{Job: 1, Reason: "busy"},
 		&JobAbort{Job: 1},
 		&LogChunk{Job: 1, Data: []byte("building\n")},
+		&JobBuilt{Job: 2},
 		&JobResult{Job: 1, Eval: &EvalResult{
 			Flake:       LockedFlake{OriginalURL: "path:/src", LockedURL: "path:/src?narHash=x"},
 			EntryPoints: []EntryPoint{{Attr: "packages.x.a", DrvPath: "/nix/store/00000000000000000000000000000000-a.drv"}},
-			Derivations: []Derivation{{DrvPath: "/nix/store/00000000000000000000000000000000-a.drv", Name: "a", System: "x86_64-linux", Outputs: map[string]string{"out": info.StorePath}}},
+			Derivations: []Derivation{{DrvPath: "/nix/store/00000000000000000000000000000000-a.drv", Name: "a", System: "x86_64-linux", Outputs: map[string]string{"out": info.StorePath}, ParallelBuilding: true}},
 		}},
 		&JobResult{Job: 2, Build: &BuildResult{Outputs: map[string]PathInfo{"out": info}}},
 		&JobResult{Job: 3, Error: &JobError{BuildFailed: true, Message: "builder failed with exit code 1"}},

@@ -195,6 +195,7 @@ func (h *Hub) Attach(ctx context.Context, conn Conn, workerID, remoteAddr string
 		LeaseMillis:     h.cfg.Lease.Milliseconds(),
 		CachePath:       h.cfg.CachePath,
 		CachePublicKey:  h.cfg.CachePublicKey,
+		JobBuilt:        true,
 	}
 	if err := conn.Write(ctx, welcome); err != nil {
 		h.unregister(s)

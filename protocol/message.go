@@ -43,6 +43,7 @@ const (
 	TypeJobAbort   Type = "job_abort"
 	TypeLogChunk   Type = "log_chunk"
 	TypeJobResult  Type = "job_result"
+	TypeJobBuilt   Type = "job_built"
 	TypePathQuery  Type = "path_query"
 	TypePathAnswer Type = "path_answer"
 	TypeNARBegin   Type = "nar_begin"
@@ -130,6 +131,9 @@ type Welcome struct {
 	// CachePublicKey verifies the cache's narinfo signatures, in Nix's
 	// "name:base64" form.
 	CachePublicKey string `cbor:"cache_public_key"`
+	// JobBuilt is set when the node accepts JobBuilt messages. Nodes
+	// before it leave it unset, and the worker sends none to them.
+	JobBuilt bool `cbor:"job_built,omitempty"`
 }
 
 // Reject refuses a Hello, sent by the node before it closes the
@@ -183,6 +187,15 @@ type JobAbort struct {
 type LogChunk struct {
 	Job  uint64 `cbor:"job"`
 	Data []byte `cbor:"data"`
+}
+
+// JobBuilt reports that nix built the derivation of a build job and its
+// outputs are in the worker's store, sent by the worker before it uploads
+// them, and only when Welcome.JobBuilt is set. The JobResult follows once
+// the upload ended. From then on the job no longer counts against the
+// worker's slots, so the node may offer the next link of a chain at once.
+type JobBuilt struct {
+	Job uint64 `cbor:"job"`
 }
 
 // JobResult ends a job, sent by the worker. Exactly one of Eval, Build and
@@ -295,6 +308,7 @@ func (*JobDecline) Type() Type { return TypeJobDecline }
 func (*JobAbort) Type() Type   { return TypeJobAbort }
 func (*LogChunk) Type() Type   { return TypeLogChunk }
 func (*JobResult) Type() Type  { return TypeJobResult }
+func (*JobBuilt) Type() Type   { return TypeJobBuilt }
 func (*PathQuery) Type() Type  { return TypePathQuery }
 func (*PathAnswer) Type() Type { return TypePathAnswer }
 func (*NARBegin) Type() Type   { return TypeNARBegin }
@@ -325,6 +339,8 @@ func newMessage(t Type) Message {
 		return &LogChunk{}
 	case TypeJobResult:
 		return &JobResult{}
+	case TypeJobBuilt:
+		return &JobBuilt{}
 	case TypePathQuery:
 		return &PathQuery{}
 	case TypePathAnswer:

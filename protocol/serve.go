@@ -311,12 +311,15 @@ type workerSession struct {
 	detachedCtx context.Context
 
 	// mu guards the fields below.
-	mu      sync.Mutex
-	nextID  uint64
-	jobs    map[uint64]context.CancelFunc
-	queries map[uint64]chan *PathAnswer
-	offsets map[uint64]chan *NAROffset
-	stored  map[uint64]chan *NARStored
+	mu     sync.Mutex
+	nextID uint64
+	jobs   map[uint64]context.CancelFunc
+	// uploading holds the jobs whose outputs are built and
+	// uploading, which take no slot.
+	uploading map[uint64]bool
+	queries   map[uint64]chan *PathAnswer
+	offsets   map[uint64]chan *NAROffset
+	stored    map[uint64]chan *NARStored
 }
 
 // Serve runs one session of a worker over conn: the handshake, then the
@@ -359,12 +362,13 @@ func Serve(ctx context.Context, conn Conn, cfg ServeConfig) error {
 
 	s := &workerSession{
 		cfg: cfg, conn: conn, worker: w, welcome: welcome, ctx: ctx,
-		log:     cfg.Logger.With("component", "worker_session"),
-		done:    make(chan struct{}),
-		jobs:    map[uint64]context.CancelFunc{},
-		queries: map[uint64]chan *PathAnswer{},
-		offsets: map[uint64]chan *NAROffset{},
-		stored:  map[uint64]chan *NARStored{},
+		log:       cfg.Logger.With("component", "worker_session"),
+		done:      make(chan struct{}),
+		jobs:      map[uint64]context.CancelFunc{},
+		uploading: map[uint64]bool{},
+		queries:   map[uint64]chan *PathAnswer{},
+		offsets:   map[uint64]chan *NAROffset{},
+		stored:    map[uint64]chan *NARStored{},
 	}
 	if cfg.Detached != nil {
 		s.detachedCtx = detachedCtx
@@ -528,7 +532,7 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 	decline := ""
 	s.mu.Lock()
 	switch {
-	case len(s.jobs) >= s.cfg.MaxJobs:
+	case len(s.jobs)-len(s.uploading) >= s.cfg.MaxJobs:
 		decline = fmt.Sprintf("all %d job slots are busy", s.cfg.MaxJobs)
 	case offer.Eval != nil && !slices.Contains(s.cfg.Capabilities, CapEval):
 		decline = "this worker does not evaluate"
@@ -564,6 +568,7 @@ func (s *workerSession) startJob(offer *JobOffer, wg *sync.WaitGroup) {
 			cancel()
 			s.mu.Lock()
 			delete(s.jobs, offer.Job)
+			delete(s.uploading, offer.Job)
 			s.mu.Unlock()
 		}
 		if err := s.conn.Write(s.ctx, &JobAccept{Job: offer.Job}); err != nil {

@@ -177,6 +177,10 @@ func (s *session) handle(ctx context.Context, m Message) error {
 		}
 	case *JobResult:
 		s.finishJob(m.Job, m, false)
+	case *JobBuilt:
+		if j := s.job(m.Job); j != nil {
+			j.outputsBuilt()
+		}
 	case *PathQuery:
 		go s.answerQuery(ctx, m)
 	case *PathAnswer:
@@ -305,13 +309,24 @@ func (s *session) status() WorkerStatus {
 
 // remoteJob is a job that the node offered and waits for.
 type remoteJob struct {
-	id     uint64
-	nars   NARSink
-	result chan *JobResult
+	id        uint64
+	nars      NARSink
+	result    chan *JobResult
+	builtOnce sync.Once
 
 	// mu guards log, which is nil after the job returned.
 	mu  sync.Mutex
 	log io.Writer
+}
+
+// outputsBuilt notifies the job's sink, once, that the worker built the
+// outputs.
+func (j *remoteJob) outputsBuilt() {
+	j.builtOnce.Do(func() {
+		if n, ok := j.nars.(BuiltNotifier); ok {
+			n.OutputsBuilt()
+		}
+	})
 }
 
 func (j *remoteJob) writeLog(data []byte) {

@@ -19,7 +19,25 @@ type remoteSink struct {
 	job uint64
 }
 
-var _ NARSink = (*remoteSink)(nil)
+var (
+	_ NARSink       = (*remoteSink)(nil)
+	_ BuiltNotifier = (*remoteSink)(nil)
+)
+
+// OutputsBuilt notifies a node that accepts it that the job's outputs are
+// built, and stops counting the job against the worker's slots while the
+// upload goes on.
+func (r *remoteSink) OutputsBuilt() {
+	if !r.s.welcome.JobBuilt {
+		return
+	}
+	r.s.mu.Lock()
+	if r.s.jobs[r.job] != nil {
+		r.s.uploading[r.job] = true
+	}
+	r.s.mu.Unlock()
+	_ = r.s.conn.Write(r.s.ctx, &JobBuilt{Job: r.job})
+}
 
 // HasPath queries whether the node's cache contains storePath.
 func (r *remoteSink) HasPath(ctx context.Context, storePath string) (bool, error) {

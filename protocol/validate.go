@@ -110,6 +110,8 @@ func (m *JobOffer) validate() error {
 
 func (m *JobAccept) validate() error { return checkJob(m.Job) }
 
+func (m *JobBuilt) validate() error { return checkJob(m.Job) }
+
 func (m *JobDecline) validate() error {
 	if err := checkJob(m.Job); err != nil {
 		return err

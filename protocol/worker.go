@@ -18,7 +18,8 @@ type Worker interface {
 
 	// Build builds one derivation and uploads each output through nars
 	// before it returns. The build log goes to log as nix writes it.
-	// A builder that fails returns a *BuildError.
+	// A builder that fails returns a *BuildError. When nars is a
+	// BuiltNotifier, Build notifies it when the outputs are built.
 	Build(ctx context.Context, req BuildRequest, log io.Writer, nars NARSink) (BuildResult, error)
 }
 
@@ -32,6 +33,15 @@ type NARSink interface {
 	// The sink verifies info.NarHash and info.NarSize against the bytes
 	// and stores nothing when they differ.
 	PutNAR(ctx context.Context, info PathInfo, nar io.Reader) error
+}
+
+// BuiltNotifier is implemented by a NARSink that wants to know when the
+// derivation of a Build is built, before the worker uploads its outputs.
+// Worker.Build calls OutputsBuilt at most once, after nix built the
+// outputs and before the first upload. A node uses it to start the next
+// link of a chain on the same worker while the uploads go on.
+type BuiltNotifier interface {
+	OutputsBuilt()
 }
 
 // BuildError reports a build that nix ran and that failed, as opposed to a

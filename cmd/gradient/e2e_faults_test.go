@@ -212,11 +212,13 @@ func TestWorkerProtocolFaults(t *testing.T) {
 // cutProxy forwards loopback TCP connections to a node. It cuts the first
 // worker session once cutAfter bytes went from the worker to the node,
 // unless cutAfter is 0, and counts the bytes each later worker session
-// sends. cutNow cuts the open worker sessions.
+// sends. cutNow cuts the open worker sessions. With bytesPerSecond set,
+// worker sessions send to the node at about that rate.
 type cutProxy struct {
-	ln       net.Listener
-	target   string
-	cutAfter int64
+	ln             net.Listener
+	target         string
+	cutAfter       int64
+	bytesPerSecond int64
 
 	mu sync.Mutex
 	// open holds both connections of each open worker session.
@@ -231,11 +233,23 @@ type cutProxy struct {
 
 func startCutProxy(t *testing.T, target string, cutAfter int64) *cutProxy {
 	t.Helper()
+	return startProxy(t, &cutProxy{target: target, cutAfter: cutAfter})
+}
+
+// startThrottleProxy starts a cutProxy that cuts nothing and passes worker
+// sessions' bytes to the node at about bytesPerSecond.
+func startThrottleProxy(t *testing.T, target string, bytesPerSecond int64) *cutProxy {
+	t.Helper()
+	return startProxy(t, &cutProxy{target: target, bytesPerSecond: bytesPerSecond})
+}
+
+func startProxy(t *testing.T, p *cutProxy) *cutProxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &cutProxy{ln: ln, target: target, cutAfter: cutAfter, cutDone: make(chan struct{}), open: map[net.Conn]net.Conn{}}
+	p.ln, p.cutDone, p.open = ln, make(chan struct{}), map[net.Conn]net.Conn{}
 	var wg sync.WaitGroup
 	var conns sync.Map
 	t.Cleanup(func() {
@@ -307,6 +321,9 @@ func (p *cutProxy) forward(c net.Conn, conns *sync.Map) {
 			return
 		}
 		sent += int64(n)
+		if session && p.bytesPerSecond > 0 {
+			time.Sleep(time.Duration(int64(n) * int64(time.Second) / p.bytesPerSecond))
+		}
 		if session && !first {
 			p.mu.Lock()
 			if p.cut {

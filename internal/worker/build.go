@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gradient-ci/gradient/internal/nix"
@@ -39,10 +40,12 @@ func (w *Worker) Build(ctx context.Context, req protocol.BuildRequest, log io.Wr
 }
 
 func (w *Worker) build(ctx context.Context, req protocol.BuildRequest, log io.Writer, nars protocol.NARSink) (protocol.BuildResult, error) {
-	release, err := w.acquire(ctx)
+	acquired, err := w.acquire(ctx)
 	if err != nil {
 		return protocol.BuildResult{}, err
 	}
+	// The slot is given back once nix is done, before the upload.
+	release := sync.OnceFunc(acquired)
 	defer release()
 
 	logger := w.logger.With("drv_path", req.DrvPath)
@@ -89,6 +92,13 @@ func (w *Worker) build(ctx context.Context, req protocol.BuildRequest, log io.Wr
 	closure, err := w.nix.ClosureInfo(ctx, paths...)
 	if err != nil {
 		return protocol.BuildResult{}, fmt.Errorf("build %q: %w", req.DrvPath, err)
+	}
+
+	// The outputs are built and held by GC roots, so the next build may
+	// start while they upload.
+	release()
+	if n, ok := nars.(protocol.BuiltNotifier); ok {
+		n.OutputsBuilt()
 	}
 	uploaded, err := w.uploadAll(ctx, referencesFirst(closure), nars, nil)
 	if err != nil {
