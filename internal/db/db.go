@@ -52,7 +52,12 @@ func Open(dir string, logger *slog.Logger) (*DB, error) {
 		return nil, fmt.Errorf("open build id sequence: %w", err)
 	}
 
-	return &DB{bdb: bdb, evalSeq: evalSeq, buildSeq: buildSeq}, nil
+	d := &DB{bdb: bdb, evalSeq: evalSeq, buildSeq: buildSeq}
+	if err := d.indexBuildsByDerivation(); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("index builds by derivation in %q: %w", dir, err)
+	}
+	return d, nil
 }
 
 // Badger returns the underlying badger handle for other components, such

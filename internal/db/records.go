@@ -129,12 +129,33 @@ type Build struct {
 	ParallelBuilding bool `json:"parallel_building,omitempty"`
 	// FailedDependency is the .drv whose failure stopped this build.
 	FailedDependency string `json:"failed_dependency,omitempty"`
+	// FailedDependencyBuildID is the build of FailedDependency in the
+	// same evaluation. The API fills it in when it returns the build.
+	FailedDependencyBuildID uint64 `json:"failed_dependency_build_id,omitempty"`
 	// WorkerID is the worker that runs or ran the build, set when the
-	// build starts.
+	// build starts. PutBuild clears it while the build is queued.
 	WorkerID string `json:"worker_id,omitempty"`
-	// Waiting is the reason a queued build does not start, such as that no
-	// connected worker has its system and features; empty otherwise.
+	// Waiting is the reason an unfinished build does not run, such as
+	// that no connected worker has its system and features; empty
+	// otherwise. The fields up to WaitingUntil describe the same wait.
+	// The API computes them from the node's scheduler when it can, and
+	// PutBuild clears them once the build is finished.
 	Waiting string `json:"waiting,omitempty"`
+	// WaitingReason is the scheduler's type of the wait, such as
+	// "no-worker" or "inputs-building", see scheduler.WaitReason. Empty
+	// when the scheduler holds nothing back, such as for a build assigned
+	// to a worker that has not started it yet.
+	WaitingReason string `json:"waiting_reason,omitempty"`
+	// WaitingFor is the .drv, a direct or transitive input, whose own
+	// wait holds an "inputs-building" build up, and WaitingForBuildID
+	// its build in the same evaluation.
+	WaitingFor        string `json:"waiting_for,omitempty"`
+	WaitingForBuildID uint64 `json:"waiting_for_build_id,omitempty"`
+	// WaitingUntil is when the wait ends: when a build that no worker can
+	// run fails, when one that a mesh peer builds is built here instead,
+	// or when a hold for a worker ends. For an "inputs-building" build it
+	// is that time of WaitingFor. Nil when no such time is known.
+	WaitingUntil *time.Time `json:"waiting_until,omitempty"`
 	// Placement is the scheduler's reason for the build's last job, set
 	// when the job is assigned. Nil for a build that never had a job.
 	Placement *Placement `json:"placement,omitempty"`
@@ -145,6 +166,42 @@ type Build struct {
 	CreatedAt  time.Time  `json:"created_at"`
 	StartedAt  *time.Time `json:"started_at,omitempty"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
+}
+
+// Wait is the reason an unfinished build does not run, as the Build
+// fields Waiting to WaitingUntil hold it.
+type Wait struct {
+	Reason     string
+	Text       string
+	For        string
+	ForBuildID uint64
+	// Until is zero when no end is known.
+	Until time.Time
+}
+
+// SetWait replaces the wait fields of b with w.
+func (b *Build) SetWait(w Wait) {
+	b.Waiting = w.Text
+	b.WaitingReason = w.Reason
+	b.WaitingFor = w.For
+	b.WaitingForBuildID = w.ForBuildID
+	b.WaitingUntil = nil
+	if !w.Until.IsZero() {
+		until := w.Until.UTC()
+		b.WaitingUntil = &until
+	}
+}
+
+// clearStale empties the fields that no longer apply to a build in its
+// status: a finished build waits for nothing, and a queued build runs on
+// no worker.
+func (b *Build) clearStale() {
+	if b.Status.Finished() {
+		b.SetWait(Wait{})
+	}
+	if b.Status == BuildQueued {
+		b.WorkerID = ""
+	}
 }
 
 // Placement records why the scheduler gave a job to a worker: the
