@@ -163,6 +163,7 @@ func (s *Server) listBuilds(w http.ResponseWriter, r *http.Request) {
 		s.writeDBError(w, r, err)
 		return
 	}
+	s.describeBuilds(r.Context(), bs)
 	writeJSON(w, http.StatusOK, nonNil(bs))
 }
 
@@ -176,7 +177,9 @@ func (s *Server) getBuild(w http.ResponseWriter, r *http.Request) {
 		s.writeDBError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, b)
+	bs := []db.Build{b}
+	s.describeBuilds(r.Context(), bs)
+	writeJSON(w, http.StatusOK, bs[0])
 }
 
 // getBuildLog writes the build's log as plain text. With ?follow=true it

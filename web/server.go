@@ -52,7 +52,7 @@ type Cache struct {
 }
 
 // Config holds what the server needs. All fields are required except
-// Logger and Now.
+// Waits, Logger and Now.
 type Config struct {
 	DB        *db.DB
 	Evaluator Evaluator
@@ -69,7 +69,10 @@ type Config struct {
 	// Metrics serves GET /metrics in the Prometheus text format, without
 	// authentication, like the caches. Nil serves no /metrics.
 	Metrics http.Handler
-	Logger  *slog.Logger
+	// Waits explains the waits of unfinished builds in the responses
+	// that contain builds. When it is nil, they have their stored waits.
+	Waits  WaitExplainer
+	Logger *slog.Logger
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 	// LogPollInterval is how often a followed log is checked for new
@@ -130,6 +133,7 @@ func New(cfg Config) *Server {
 		r.Get("/evaluations/{id}", s.getEvaluation)
 		r.Get("/evaluations/{id}/builds", s.listBuilds)
 		r.Get("/evaluations/{id}/graph", s.getGraph)
+		r.Get("/builds", s.listDerivationBuilds)
 		r.Get("/builds/{id}", s.getBuild)
 		r.Get("/builds/{id}/log", s.getBuildLog)
 		r.Get("/caches", s.listCaches)

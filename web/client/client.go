@@ -188,6 +188,15 @@ func (c *Client) Build(ctx context.Context, id uint64) (db.Build, error) {
 	return b, err
 }
 
+// DerivationBuilds lists up to limit builds of a derivation, from every
+// evaluation, newest first.
+func (c *Client) DerivationBuilds(ctx context.Context, drvPath string, limit int) ([]db.Build, error) {
+	var bs []db.Build
+	q := url.Values{"drv_path": {drvPath}, "limit": {strconv.Itoa(limit)}}
+	err := c.do(ctx, http.MethodGet, "/api/v1/builds?"+q.Encode(), nil, &bs)
+	return bs, err
+}
+
 // BuildLog returns the build's log. With follow set, the body stays open
 // until the build finishes. The caller closes it.
 func (c *Client) BuildLog(ctx context.Context, id uint64, follow bool) (io.ReadCloser, error) {
