@@ -625,10 +625,10 @@ func (sm *simulation) startJob(a scheduler.Assign) error {
 				continue
 			}
 			w.store[in] = true
-			fetchedBytes += sm.graph.Derivations[in].OutputSize
+			fetchedBytes = addSaturating(fetchedBytes, sm.graph.Derivations[in].OutputSize)
 		}
 	}
-	sm.result.BytesMoved += fetchedBytes
+	sm.result.BytesMoved = addSaturating(sm.result.BytesMoved, fetchedBytes)
 
 	sm.push(event{at: sm.now + float64(fetchedBytes)/sm.opts.Bandwidth, kind: fetched, jobID: a.JobID})
 	return nil
@@ -671,4 +671,13 @@ func (sm *simulation) schedulerGraph() scheduler.Graph {
 		g.Derivations[i] = d
 	}
 	return g
+}
+
+// addSaturating returns a+b, or math.MaxUint64 when that overflows: a
+// graph file may give any output size.
+func addSaturating(a, b uint64) uint64 {
+	if a > math.MaxUint64-b {
+		return math.MaxUint64
+	}
+	return a + b
 }

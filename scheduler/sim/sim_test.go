@@ -243,3 +243,21 @@ func TestRunSerialBuildsIgnoresCores(t *testing.T) {
 		t.Errorf("SerialBuilds run = %+v, want the run without parallel builds %+v", serial, plain)
 	}
 }
+
+// Output sizes near the top of uint64 saturate bytes_moved instead of
+// wrapping around.
+func TestRunBytesMovedSaturates(t *testing.T) {
+	g := &Graph{Derivations: []Node{
+		{DrvPath: "/nix/store/0-a.drv", Name: "a-1", System: "x86_64-linux", BuildTime: 1, OutputSize: math.MaxUint64 - 1},
+		{DrvPath: "/nix/store/1-b.drv", Name: "b-1", System: "x86_64-linux", BuildTime: 1, OutputSize: math.MaxUint64 - 1},
+		{DrvPath: "/nix/store/2-c.drv", Name: "c-1", System: "x86_64-linux", BuildTime: 1, Inputs: []int{0, 1}},
+		{DrvPath: "/nix/store/3-d.drv", Name: "d-1", System: "x86_64-linux", BuildTime: 1, Inputs: []int{0, 1}},
+	}}
+	r, err := RunGraph(context.Background(), g, Options{Workers: 3, Cores: 1, Policy: scheduler.PolicyHydra})
+	if err != nil {
+		t.Fatalf("RunGraph = %v", err)
+	}
+	if r.BytesMoved != math.MaxUint64 {
+		t.Errorf("BytesMoved = %d, want the saturated %d", r.BytesMoved, uint64(math.MaxUint64))
+	}
+}
