@@ -12,6 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/scheduler"
 )
 
 // Config configures a node. The zero value of every optional field picks
@@ -37,6 +40,11 @@ type Config struct {
 	// WorkerMaxJobs is how many builds the in-process worker runs at once.
 	// Default 1, at most 64.
 	WorkerMaxJobs int
+	// WorkerSpeed is the build speed of the in-process worker relative to
+	// a reference machine, like the speed factor of Hydra's machines
+	// file: a build estimated at 60 s is expected to take 30 s at speed
+	// 2. Default 1, a positive finite number.
+	WorkerSpeed float64
 
 	// NoDefaultUpstream creates the main cache without cache.nixos.org as
 	// its upstream. It matters only on the first start; later, upstreams
@@ -75,6 +83,12 @@ type Config struct {
 	// [caches.main] section sets it.
 	MainCache *CacheSettings
 
+	// Scheduler sets the scheduler's policy, project shares and
+	// estimates. Zero fields get the defaults of scheduler.Config. The
+	// keys of ProjectShares are "org/project". JobIDPrefix is ignored,
+	// because the node picks a new prefix at every start.
+	Scheduler scheduler.Config
+
 	// Mesh configures the federated peer-to-peer cache, which is off
 	// unless Mesh.Listen is set.
 	Mesh MeshConfig
@@ -103,6 +117,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.WorkerMaxJobs == 0 {
 		c.WorkerMaxJobs = 1
+	}
+	if c.WorkerSpeed == 0 {
+		c.WorkerSpeed = db.DefaultWorkerSpeed
 	}
 	if c.MaxConcurrentEvaluations == 0 {
 		c.MaxConcurrentEvaluations = 1
@@ -143,6 +160,9 @@ func (c Config) validate() error {
 	}
 	if c.WorkerStore != "" && !filepath.IsAbs(c.WorkerStore) {
 		errs = append(errs, fmt.Errorf("worker store %q is not an absolute path", c.WorkerStore))
+	}
+	if err := c.validateScheduler(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

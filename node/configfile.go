@@ -23,6 +23,7 @@ import (
 
 	"github.com/gradient-ci/gradient/cache"
 	"github.com/gradient-ci/gradient/cache/narinfo"
+	"github.com/gradient-ci/gradient/scheduler"
 )
 
 // maxConfigFileSize bounds the configuration file that ReadConfigFile
@@ -65,6 +66,7 @@ type ConfigFile struct {
 	NixBin             *string
 	WorkerStore        *string
 	WorkerMaxJobs      *int
+	WorkerSpeed        *float64
 	NoDefaultUpstream  *bool
 	TrustedProxies     *[]netip.Prefix
 	UnsupportedTimeout *time.Duration
@@ -76,6 +78,14 @@ type ConfigFile struct {
 	MeshFederation *string
 	MeshMDNS       *bool
 	MeshBuildTTL   *time.Duration
+
+	SchedulerPolicy           *scheduler.Policy
+	SchedulerFetchBandwidth   *float64
+	SchedulerMaxAttempts      *int
+	SchedulerDefaultBuildTime *time.Duration
+	// SchedulerProjectShares maps "org/project" to a share, and is nil
+	// when the file has no scheduler.project_shares table.
+	SchedulerProjectShares map[string]float64
 
 	// MainCache holds the [caches.main] section, or nil without one.
 	MainCache *CacheSettings
@@ -103,12 +113,14 @@ type rawConfig struct {
 	Nix                *string             `toml:"nix"`
 	WorkerStore        *string             `toml:"worker_store"`
 	WorkerMaxJobs      *int                `toml:"worker_max_jobs"`
+	WorkerSpeed        any                 `toml:"worker_speed"`
 	NoDefaultUpstream  *bool               `toml:"no_default_upstream"`
 	TrustedProxies     *[]string           `toml:"trusted_proxies"`
 	UnsupportedTimeout *string             `toml:"unsupported_timeout"`
 	WorkerLease        *string             `toml:"worker_lease"`
 	LogLevel           *string             `toml:"log_level"`
 	Mesh               rawMesh             `toml:"mesh"`
+	Scheduler          rawScheduler        `toml:"scheduler"`
 	Caches             map[string]rawCache `toml:"caches"`
 }
 
@@ -118,6 +130,14 @@ type rawMesh struct {
 	Federation *string   `toml:"federation"`
 	MDNS       *bool     `toml:"mdns"`
 	BuildTTL   *string   `toml:"build_ttl"`
+}
+
+type rawScheduler struct {
+	Policy           *string        `toml:"policy"`
+	ProjectShares    map[string]any `toml:"project_shares"`
+	FetchBandwidth   any            `toml:"fetch_bandwidth"`
+	MaxAttempts      *int           `toml:"max_attempts"`
+	DefaultBuildTime *string        `toml:"default_build_time"`
 }
 
 type rawCache struct {
@@ -197,6 +217,9 @@ func ParseConfigFile(path string, data []byte) (*ConfigFile, error) {
 	if err := c.checkMesh(raw.Mesh, fail); err != nil {
 		return nil, err
 	}
+	if err := c.checkScheduler(raw.Scheduler, fail); err != nil {
+		return nil, err
+	}
 
 	names := slices.Sorted(maps.Keys(raw.Caches))
 	for _, name := range names {
@@ -238,6 +261,16 @@ func (c *ConfigFile) checkServe(raw rawConfig, fail checkFunc) error {
 	}
 	if c.WorkerMaxJobs != nil && (*c.WorkerMaxJobs < 1 || *c.WorkerMaxJobs > 64) {
 		return fail("worker_max_jobs", "%d is out of range: give 1 to 64", *c.WorkerMaxJobs)
+	}
+	if raw.WorkerSpeed != nil {
+		speed, err := tomlNumber(raw.WorkerSpeed)
+		if err == nil {
+			err = CheckWorkerSpeed(speed)
+		}
+		if err != nil {
+			return fail("worker_speed", "%v", err)
+		}
+		c.WorkerSpeed = &speed
 	}
 
 	if raw.TrustedProxies != nil {

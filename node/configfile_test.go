@@ -14,6 +14,7 @@ import (
 
 	"github.com/gradient-ci/gradient/cache"
 	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/scheduler"
 )
 
 const testUpstreamKey = "cache.example.org-1:a/uEc6uyRzdabywUDGUkRl4+tjO8/qumOGnxKyY3t6c="
@@ -51,6 +52,24 @@ func TestParseConfigFileExample(t *testing.T) {
 	}
 	if c.NixBin != nil {
 		t.Errorf("NixBin = %q, want nil for a commented-out key", *c.NixBin)
+	}
+	if c.WorkerSpeed == nil || *c.WorkerSpeed != 1 {
+		t.Errorf("WorkerSpeed = %v, want 1", c.WorkerSpeed)
+	}
+	if c.SchedulerPolicy == nil || *c.SchedulerPolicy != scheduler.PolicyGradient {
+		t.Errorf("SchedulerPolicy = %v, want gradient", c.SchedulerPolicy)
+	}
+	if c.SchedulerFetchBandwidth == nil || *c.SchedulerFetchBandwidth != scheduler.DefaultFetchBandwidth {
+		t.Errorf("SchedulerFetchBandwidth = %v, want %v", c.SchedulerFetchBandwidth, scheduler.DefaultFetchBandwidth)
+	}
+	if c.SchedulerMaxAttempts == nil || *c.SchedulerMaxAttempts != scheduler.DefaultMaxAttempts {
+		t.Errorf("SchedulerMaxAttempts = %v, want %d", c.SchedulerMaxAttempts, scheduler.DefaultMaxAttempts)
+	}
+	if c.SchedulerDefaultBuildTime == nil || *c.SchedulerDefaultBuildTime != scheduler.DefaultBuildTime {
+		t.Errorf("SchedulerDefaultBuildTime = %v, want %v", c.SchedulerDefaultBuildTime, scheduler.DefaultBuildTime)
+	}
+	if share := c.SchedulerProjectShares["acme/web"]; len(c.SchedulerProjectShares) != 1 || share != 3 {
+		t.Errorf("SchedulerProjectShares = %v, want acme/web with share 3", c.SchedulerProjectShares)
 	}
 
 	mc := c.MainCache

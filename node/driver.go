@@ -46,6 +46,9 @@ type driverConfig struct {
 	FaultRest time.Duration
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// Scheduler configures the scheduler. Its JobIDPrefix is replaced by
+	// a prefix unique to this start of the node.
+	Scheduler scheduler.Config
 }
 
 // maxRetryDelay bounds the delay before a declined job is offered again.
@@ -143,11 +146,13 @@ func newDriver(log *slog.Logger, d *db.DB, c *cache.Store, logs *logStore, cfg d
 
 	// Job IDs end up in build records, so each start of the node needs
 	// IDs of its own.
-	prefix := "job-" + strconv.FormatInt(cfg.Now().UnixMilli(), 36) + "-"
-	sched, err := scheduler.New(scheduler.Config{JobIDPrefix: prefix})
+	schedCfg := cfg.Scheduler
+	schedCfg.JobIDPrefix = "job-" + strconv.FormatInt(cfg.Now().UnixMilli(), 36) + "-"
+	sched, err := scheduler.New(schedCfg)
 	if err != nil {
 		return nil, err
 	}
+	logSchedulerConfig(log.With("component", "scheduler"), d, sched.Config())
 	drv := &driver{
 		log:         log.With("component", "driver"),
 		db:          d,

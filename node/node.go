@@ -127,6 +127,7 @@ func (n *Node) Run(ctx context.Context) error {
 		UnsupportedTimeout: cfg.UnsupportedTimeout,
 		NoEvalWorkerReason: noLocalReason,
 		WorkerLease:        cfg.WorkerLease,
+		Scheduler:          cfg.Scheduler,
 	})
 	if err != nil {
 		return err
@@ -294,6 +295,9 @@ func (n *Node) localWorker(ctx context.Context, records *db.DB, cacheURL, public
 	if err := records.EnsureWorker(localWorkerID, time.Now()); err != nil {
 		return nil, "", fmt.Errorf("store in-process worker record: %w", err)
 	}
+	if err := records.SetWorkerSpeed(localWorkerID, n.cfg.WorkerSpeed); err != nil {
+		return nil, "", fmt.Errorf("store in-process worker speed: %w", err)
+	}
 	spoolDir := filepath.Join(n.cfg.DataDir, "spool")
 	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("create NAR spool directory: %w", err)
@@ -310,7 +314,7 @@ func (n *Node) localWorker(ctx context.Context, records *db.DB, cacheURL, public
 		n.log.Warn("reading nix's system-features failed, so the in-process worker announces none", "err", err)
 	}
 	n.log.Info("in-process worker started", "nix", nixBin, "nix_version", version.String(), "store", n.cfg.WorkerStore,
-		"system", system, "features", strings.Join(features, ","), "max_jobs", n.cfg.WorkerMaxJobs)
+		"system", system, "features", strings.Join(features, ","), "max_jobs", n.cfg.WorkerMaxJobs, "speed", n.cfg.WorkerSpeed)
 	return &protocol.ServeConfig{
 		Systems:  []string{system},
 		Features: features,

@@ -85,16 +85,22 @@ func (p *workerPool) wait(ctx context.Context) ([]*protocol.RemoteWorker, error)
 // workerJoined makes a worker that completed its handshake available to
 // evaluations and to the scheduler. A worker that comes back within the
 // lease of its dropped connection, announcing the same systems, features
-// and slots, takes up its jobs again. The hub calls it.
+// and slots, takes up its jobs again, at the speed it had. Any other
+// joins the scheduler at the speed stored in its record. The hub calls
+// it.
 func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 	hello := w.Hello()
 	if hello.Has(protocol.CapEval) {
 		d.evalPool.add(w)
 	}
 	_ = d.post(ctx, func(ctx context.Context) {
+		// A worker without a record, such as one revoked while it
+		// connected, builds at the default speed.
+		speed := db.DefaultWorkerSpeed
 		d.updateWorkerRecord(w.ID(), func(r *db.Worker) {
 			now := d.now().UTC()
 			r.LastSeen = &now
+			speed = r.EffectiveSpeed()
 		})
 		if l := d.links[w.ID()]; l != nil {
 			if l.isAway() && sameShape(l.hello, hello) {
@@ -133,7 +139,7 @@ func (d *driver) workerJoined(ctx context.Context, w *protocol.RemoteWorker) {
 			Systems:  hello.Systems,
 			Features: hello.Features,
 			Slots:    hello.MaxJobs,
-			Speed:    1,
+			Speed:    speed,
 		}, d.now())
 		if err != nil {
 			d.log.Error("scheduler rejected a worker", "worker_id", w.ID(), "err", err)
