@@ -13,7 +13,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/gradient-ci/gradient/internal/db"
 	"github.com/gradient-ci/gradient/node"
+	"github.com/gradient-ci/gradient/scheduler"
 )
 
 // serveOptions are the flags of `gradient serve` as parsed by cobra.
@@ -23,6 +25,9 @@ type serveOptions struct {
 	logLevel           string
 	trustedProxies     []string
 	unsupportedTimeout time.Duration
+	schedulerPolicy    string
+	projectShares      []string
+	fetchBandwidth     string
 }
 
 func newServeCommand(cf *clientFlags) *cobra.Command {
@@ -64,12 +69,24 @@ func (o *serveOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.cfg.NixBin, "nix", "", "nix binary of the in-process worker (default: nix on PATH)")
 	f.StringVar(&o.cfg.WorkerStore, "worker-store", "", "chroot store directory of the in-process worker, passed to nix as --store (default: the machine's store)")
 	f.IntVar(&o.cfg.WorkerMaxJobs, "worker-max-jobs", 1, "builds the in-process worker runs at once, 1 to 64")
+	f.Float64Var(&o.cfg.WorkerSpeed, "worker-speed", db.DefaultWorkerSpeed,
+		"build speed of the in-process worker relative to a machine of speed 1, like a speed factor in Hydra's machines file; a positive number")
 	f.BoolVar(&o.cfg.NoDefaultUpstream, "no-default-upstream", false, "create the main cache without https://cache.nixos.org as its upstream (first start only)")
 	f.StringSliceVar(&o.trustedProxies, "trusted-proxy", nil, "CIDR of a reverse proxy whose X-Forwarded-For header is believed, repeatable")
 	f.DurationVar(&o.unsupportedTimeout, "unsupported-timeout", node.DefaultUnsupportedTimeout,
 		"how long a build waits for a connected worker with its system and required features before it fails; 0 fails it at once")
 	f.DurationVar(&o.cfg.WorkerLease, "worker-lease", node.DefaultWorkerLease,
 		"how long a worker may stay silent, or stay away after its connection dropped, before its jobs go to other workers (3s to 1h)")
+	f.StringVar(&o.schedulerPolicy, "scheduler-policy", string(scheduler.PolicyGradient),
+		"how the scheduler ranks and places builds: gradient, hydra or fifo (see docs/scheduler.md)")
+	f.StringSliceVar(&o.projectShares, "scheduler-project-share", nil,
+		"share of the build slots of a project as ORG/PROJECT=SHARE, such as acme/web=3; a project not listed has share 1 (repeat or separate with commas)")
+	f.StringVar(&o.fetchBandwidth, "scheduler-fetch-bandwidth", node.DefaultFetchBandwidth,
+		"bandwidth in bytes per second with which the scheduler converts the bytes a worker must fetch into seconds when it places a build, such as 100MB/s")
+	f.IntVar(&o.cfg.Scheduler.MaxAttempts, "scheduler-max-attempts", scheduler.DefaultMaxAttempts,
+		"jobs of a derivation that may end with a worker fault, as opposed to a failed build, before the derivation fails; 1 or more")
+	f.DurationVar(&o.cfg.Scheduler.DefaultBuildTime, "scheduler-default-build-time", scheduler.DefaultBuildTime,
+		"estimated build time at speed 1 of a derivation whose name and system have no recorded build time; 1ms or more")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringSliceVar(&o.cfg.Mesh.Listen, "mesh-listen", nil, "libp2p multiaddr the mesh listens on, such as /ip4/0.0.0.0/udp/4001/quic-v1; without it the mesh is off (repeat or separate with commas)")
 	f.StringSliceVar(&o.cfg.Mesh.Bootstrap, "mesh-bootstrap", nil, "multiaddr of a member node ending in /p2p/<peer ID> (repeat or separate with commas)")
@@ -113,6 +130,12 @@ func (o *serveOptions) config(flags *pflag.FlagSet, dataDir string) (node.Config
 	timeout := o.unsupportedTimeout
 	if timeout < 0 {
 		return node.Config{}, 0, fmt.Errorf("--unsupported-timeout %v is negative: give a duration such as 5m, or 0 to fail such builds at once", timeout)
+	}
+	if err := node.CheckWorkerSpeed(cfg.WorkerSpeed); err != nil {
+		return node.Config{}, 0, fmt.Errorf("--worker-speed %w", err)
+	}
+	if err := o.schedulerConfig(&cfg.Scheduler); err != nil {
+		return node.Config{}, 0, err
 	}
 
 	buildTTLSet := flags.Changed("mesh-build-ttl")
@@ -171,6 +194,9 @@ func mergeConfigFile(cfg *node.Config, level *slog.Level, timeout *time.Duration
 	if file.WorkerMaxJobs != nil && !given("worker-max-jobs") {
 		cfg.WorkerMaxJobs = *file.WorkerMaxJobs
 	}
+	if file.WorkerSpeed != nil && !given("worker-speed") {
+		cfg.WorkerSpeed = *file.WorkerSpeed
+	}
 	setBool("no-default-upstream", &cfg.NoDefaultUpstream, file.NoDefaultUpstream)
 	if file.TrustedProxies != nil && !given("trusted-proxy") {
 		cfg.TrustedProxies = *file.TrustedProxies
@@ -193,7 +219,68 @@ func mergeConfigFile(cfg *node.Config, level *slog.Level, timeout *time.Duration
 		cfg.Mesh.BuildTTL = *file.MeshBuildTTL
 	}
 
+	mergeSchedulerConfig(&cfg.Scheduler, file, given)
+
 	cfg.MainCache = file.MainCache
+}
+
+// schedulerConfig checks the scheduler flags and sets the scheduler
+// settings that have no Config field of their flag's type.
+func (o *serveOptions) schedulerConfig(sc *scheduler.Config) error {
+	policy, err := node.ParseSchedulerPolicy(o.schedulerPolicy)
+	if err != nil {
+		return fmt.Errorf("--scheduler-policy %w", err)
+	}
+	sc.Policy = policy
+
+	if len(o.projectShares) > 0 {
+		sc.ProjectShares = make(map[string]float64, len(o.projectShares))
+	}
+	for _, s := range o.projectShares {
+		project, share, err := node.ParseProjectShare(s)
+		if err != nil {
+			return fmt.Errorf("--scheduler-project-share %q is invalid: %w", s, err)
+		}
+		if _, dup := sc.ProjectShares[project]; dup {
+			return fmt.Errorf("--scheduler-project-share %q sets the share of %s a second time: give each project once", s, project)
+		}
+		sc.ProjectShares[project] = share
+	}
+
+	bandwidth, err := node.ParseFetchBandwidth(o.fetchBandwidth)
+	if err != nil {
+		return fmt.Errorf("--scheduler-fetch-bandwidth %w", err)
+	}
+	sc.FetchBandwidth = bandwidth
+
+	if sc.MaxAttempts < 1 {
+		return fmt.Errorf("--scheduler-max-attempts %d is out of range: give 1 or more", sc.MaxAttempts)
+	}
+	if sc.DefaultBuildTime < node.MinDefaultBuildTime {
+		return fmt.Errorf("--scheduler-default-build-time %v is out of range: give %v or more, such as 1m", sc.DefaultBuildTime, node.MinDefaultBuildTime)
+	}
+	return nil
+}
+
+// mergeSchedulerConfig copies each [scheduler] key that file sets into
+// sc, unless given reports that its flag was given. A project share flag
+// replaces the file's whole table.
+func mergeSchedulerConfig(sc *scheduler.Config, file *node.ConfigFile, given func(flag string) bool) {
+	if file.SchedulerPolicy != nil && !given("scheduler-policy") {
+		sc.Policy = *file.SchedulerPolicy
+	}
+	if file.SchedulerProjectShares != nil && !given("scheduler-project-share") {
+		sc.ProjectShares = file.SchedulerProjectShares
+	}
+	if file.SchedulerFetchBandwidth != nil && !given("scheduler-fetch-bandwidth") {
+		sc.FetchBandwidth = *file.SchedulerFetchBandwidth
+	}
+	if file.SchedulerMaxAttempts != nil && !given("scheduler-max-attempts") {
+		sc.MaxAttempts = *file.SchedulerMaxAttempts
+	}
+	if file.SchedulerDefaultBuildTime != nil && !given("scheduler-default-build-time") {
+		sc.DefaultBuildTime = *file.SchedulerDefaultBuildTime
+	}
 }
 
 // checkMeshAddrFlags checks that every --mesh-listen value is a multiaddr

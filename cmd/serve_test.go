@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/gradient-ci/gradient/node"
+	"github.com/gradient-ci/gradient/scheduler"
 )
 
 // serveConfig parses args with the flags of `gradient serve` and the
@@ -238,5 +239,162 @@ func TestServeConfigAcceptsMeshFlags(t *testing.T) {
 	}
 	if len(cfg.Mesh.Bootstrap) != 1 || cfg.Mesh.Bootstrap[0] != bootstrap {
 		t.Errorf("Mesh.Bootstrap = %q, want [%q]", cfg.Mesh.Bootstrap, bootstrap)
+	}
+}
+
+const schedulerConfigFile = `
+worker_speed = 1.5
+
+[scheduler]
+policy = "hydra"
+fetch_bandwidth = "50MB/s"
+max_attempts = 5
+default_build_time = "2m"
+
+[scheduler.project_shares]
+"acme/web" = 3
+"acme/docs" = 0.5
+`
+
+func TestServeConfigSchedulerDefaults(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	t.Setenv("GRADIENT_CONFIG", "")
+	cfg, _, err := serveConfig(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := cfg.Scheduler
+	if sc.Policy != scheduler.PolicyGradient {
+		t.Errorf("Policy = %q, want %q", sc.Policy, scheduler.PolicyGradient)
+	}
+	if sc.FetchBandwidth != scheduler.DefaultFetchBandwidth {
+		t.Errorf("FetchBandwidth = %v, want %v", sc.FetchBandwidth, scheduler.DefaultFetchBandwidth)
+	}
+	if sc.MaxAttempts != scheduler.DefaultMaxAttempts {
+		t.Errorf("MaxAttempts = %d, want %d", sc.MaxAttempts, scheduler.DefaultMaxAttempts)
+	}
+	if sc.DefaultBuildTime != scheduler.DefaultBuildTime {
+		t.Errorf("DefaultBuildTime = %v, want %v", sc.DefaultBuildTime, scheduler.DefaultBuildTime)
+	}
+	if sc.ProjectShares != nil {
+		t.Errorf("ProjectShares = %v, want nil", sc.ProjectShares)
+	}
+	if cfg.WorkerSpeed != 1 {
+		t.Errorf("WorkerSpeed = %v, want 1", cfg.WorkerSpeed)
+	}
+}
+
+func TestServeConfigSchedulerFromFile(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	cfg, _, err := serveConfig(t, "--config", writeConfig(t, schedulerConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := cfg.Scheduler
+	checks := []struct {
+		key       string
+		got, want any
+	}{
+		{"worker_speed", cfg.WorkerSpeed, 1.5},
+		{"scheduler.policy", sc.Policy, scheduler.PolicyHydra},
+		{"scheduler.fetch_bandwidth", sc.FetchBandwidth, 50e6},
+		{"scheduler.max_attempts", sc.MaxAttempts, 5},
+		{"scheduler.default_build_time", sc.DefaultBuildTime, 2 * time.Minute},
+		{"scheduler.project_shares", len(sc.ProjectShares), 2},
+		{`scheduler.project_shares."acme/web"`, sc.ProjectShares["acme/web"], 3.0},
+		{`scheduler.project_shares."acme/docs"`, sc.ProjectShares["acme/docs"], 0.5},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.key, c.got, c.want)
+		}
+	}
+}
+
+func TestServeConfigSchedulerFlagsWinOverFile(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	cfg, _, err := serveConfig(t, "--config", writeConfig(t, schedulerConfigFile),
+		"--worker-speed", "3", "--scheduler-policy", "fifo", "--scheduler-fetch-bandwidth", "1GB/s",
+		"--scheduler-max-attempts", "2", "--scheduler-default-build-time", "30s",
+		"--scheduler-project-share", "acme/api=4", "--scheduler-project-share", "other/site=0.25,other/docs=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := cfg.Scheduler
+	checks := []struct {
+		flag      string
+		got, want any
+	}{
+		{"--worker-speed", cfg.WorkerSpeed, 3.0},
+		{"--scheduler-policy", sc.Policy, scheduler.PolicyFIFO},
+		{"--scheduler-fetch-bandwidth", sc.FetchBandwidth, 1e9},
+		{"--scheduler-max-attempts", sc.MaxAttempts, 2},
+		{"--scheduler-default-build-time", sc.DefaultBuildTime, 30 * time.Second},
+		// The flags replace the file's table: acme/web is gone.
+		{"--scheduler-project-share", len(sc.ProjectShares), 3},
+		{"--scheduler-project-share acme/api", sc.ProjectShares["acme/api"], 4.0},
+		{"--scheduler-project-share other/site", sc.ProjectShares["other/site"], 0.25},
+		{"--scheduler-project-share other/docs", sc.ProjectShares["other/docs"], 2.0},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.flag, c.got, c.want)
+		}
+	}
+}
+
+func TestServeConfigRejectsBadSchedulerFlags(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	t.Setenv("GRADIENT_CONFIG", "")
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"policy", []string{"--scheduler-policy", "lifo"},
+			`--scheduler-policy "lifo" is not a policy: give gradient, hydra or fifo`},
+		{"share without equals", []string{"--scheduler-project-share", "acme/web"},
+			`--scheduler-project-share "acme/web" is invalid: it has no '=': give ORG/PROJECT=SHARE, such as acme/web=3`},
+		{"share without org", []string{"--scheduler-project-share", "web=3"},
+			`--scheduler-project-share "web=3" is invalid: project "web" has no '/': give ORG/PROJECT, such as acme/web`},
+		{"share zero", []string{"--scheduler-project-share", "acme/web=0"},
+			`--scheduler-project-share "acme/web=0" is invalid: share of acme/web: 0 is not a positive number: give a share greater than 0, such as 0.5 or 3`},
+		{"share not a number", []string{"--scheduler-project-share", "acme/web=lots"},
+			`--scheduler-project-share "acme/web=lots" is invalid: share "lots" of acme/web is not a number: give a positive number, such as 0.5 or 3`},
+		{"share twice", []string{"--scheduler-project-share", "acme/web=1", "--scheduler-project-share", "acme/web=2"},
+			`--scheduler-project-share "acme/web=2" sets the share of acme/web a second time: give each project once`},
+		{"bandwidth", []string{"--scheduler-fetch-bandwidth", "fast"},
+			`--scheduler-fetch-bandwidth "fast" is not a bandwidth: give bytes per second greater than 0, such as 100MB/s or 1GB/s`},
+		{"bandwidth bits", []string{"--scheduler-fetch-bandwidth", "1Gb/s"},
+			`--scheduler-fetch-bandwidth "1Gb/s" is in bits: give bytes per second with a capital B, such as 125MB/s for 1 Gbit/s`},
+		{"max attempts", []string{"--scheduler-max-attempts", "0"},
+			"--scheduler-max-attempts 0 is out of range: give 1 or more"},
+		{"default build time", []string{"--scheduler-default-build-time", "0s"},
+			"--scheduler-default-build-time 0s is out of range: give 1ms or more, such as 1m"},
+		{"worker speed zero", []string{"--worker-speed", "0"},
+			"--worker-speed 0 is not a positive number: give a speed such as 1, or 2 for a machine that builds twice as fast"},
+		{"worker speed infinite", []string{"--worker-speed", "Inf"},
+			"--worker-speed +Inf is not a positive number: give a speed such as 1, or 2 for a machine that builds twice as fast"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := serveConfig(t, tt.args...)
+			if err == nil {
+				t.Fatalf("serveConfig(%q) = nil error, want %q", tt.args, tt.want)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("serveConfig(%q) = %q, want %q", tt.args, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestServeConfigRejectsBadSchedulerKey(t *testing.T) {
+	t.Setenv("GRADIENT_DATA_DIR", "")
+	path := writeConfig(t, "[scheduler.project_shares]\n\"acme/web\" = -1\n")
+	_, _, err := serveConfig(t, "--config", path)
+	want := "config " + path + `: scheduler.project_shares."acme/web": -1 is not a positive number: give a share greater than 0, such as 0.5 or 3`
+	if err == nil || err.Error() != want {
+		t.Errorf("serveConfig(negative share) = %v, want %q", err, want)
 	}
 }
