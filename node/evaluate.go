@@ -273,6 +273,9 @@ func (d *driver) addReportedGraph(ctx context.Context, e db.Evaluation, builds [
 	}
 	d.adoptSharedResults(ae)
 	d.apply(ctx, decisions)
+	if d.active[e.ID] == ae {
+		d.noteSharedWaits(ae)
+	}
 
 	var unreported []*protocol.RemoteWorker
 	for _, w := range d.workers {

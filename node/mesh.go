@@ -390,6 +390,22 @@ func (l *meshLink) peerETA(drvPath string) time.Time {
 	return builds[0].ETA
 }
 
+// peerBuilding returns the peer ID of the peer that peerETA takes the
+// time of, or "" when no peer announced it is building drvPath. It is
+// safe on a nil link.
+func (l *meshLink) peerBuilding(drvPath string) string {
+	if l == nil {
+		return ""
+	}
+
+	builds := l.node.Building(drvPath)
+	if len(builds) == 0 {
+		return ""
+	}
+
+	return builds[0].Peer
+}
+
 // jobETA returns the scheduler's estimate of the job's build time.
 func jobETA(a scheduler.Assign) time.Duration {
 	return time.Duration(a.Score.BuildSeconds * float64(time.Second))

@@ -158,6 +158,7 @@ func (n *Node) Run(ctx context.Context) error {
 	srv := web.New(web.Config{
 		DB:            records,
 		Evaluator:     drv,
+		Waits:         drv,
 		Logs:          logs,
 		Workers:       registry,
 		WorkerConnect: hub,

@@ -35,14 +35,8 @@ func (d *driver) noteNoWorker(drvPath string) {
 	log("no connected worker has the system and features of a derivation; it fails unless such a worker connects in time",
 		"drv_path", drvPath, "system", system, "features", strings.Join(features, ","), "timeout", timeout)
 
-	waiting := "waiting for a worker with system " + system
-	if len(features) > 0 {
-		waiting += " and features " + strings.Join(features, ",")
-	}
-	if d.cfg.UnsupportedTimeout >= 0 {
-		waiting += fmt.Sprintf("; fails at %s unless one connects", d.now().Add(timeout).UTC().Format(time.RFC3339))
-	}
-	d.updateBuilds(drvPath, func(b *db.Build) { b.Waiting = waiting })
+	wait := d.noWorkerWait(drvPath)
+	d.updateBuilds(drvPath, func(b *db.Build) { b.SetWait(wait) })
 }
 
 // platform returns the system and required features of a derivation, from
@@ -97,7 +91,7 @@ func (d *driver) pruneUnsupported() {
 		st, ok := d.sched.Status(drvPath)
 		if !ok || st.State != scheduler.StateReady || st.Reason != scheduler.NoWorker {
 			delete(d.unsupported, drvPath)
-			d.updateBuilds(drvPath, func(b *db.Build) { b.Waiting = "" })
+			d.updateBuilds(drvPath, func(b *db.Build) { b.SetWait(db.Wait{}) })
 		}
 	}
 }
@@ -118,6 +112,9 @@ func (d *driver) failUnsupported(drvPath string, now time.Time) {
 		b.Status = db.BuildFailed
 		b.Error = msg
 		b.FinishedAt = &finished
+		// A worker that ran the build before it left did not fail it.
+		b.WorkerID = ""
+		b.SetWait(db.Wait{})
 		d.putBuild(b)
 		ae.failedByNode = true
 		d.failDependents(ae, drvPath, finished)
