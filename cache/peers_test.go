@@ -355,7 +355,7 @@ func (r *stallReader) Read(p []byte) (int, error) {
 // TestPeerTimeoutIsIdle checks that Config.PeerTimeout ends a peer fetch
 // whose transfer stalls, but not one that takes longer while bytes flow.
 func TestPeerTimeoutIsIdle(t *testing.T) {
-	const timeout = 150 * time.Millisecond
+	const timeout = 800 * time.Millisecond
 
 	tests := []struct {
 		name   string
@@ -363,14 +363,14 @@ func TestPeerTimeoutIsIdle(t *testing.T) {
 		want   int
 	}{
 		{"slow transfer", func(_ context.Context, nar []byte) io.Reader {
-			// Each pause is under the timeout, and the whole transfer
-			// takes several times as long.
-			pause := timeout / 3
-			if pieces := time.Duration(len(nar)/64 + 1); pieces*pause < 3*timeout {
-				pause = 3 * timeout / pieces
+			// Each pause is an eighth of the timeout, so a loaded machine
+			// does not stretch one past it, and the 64-byte pieces of the
+			// NAR make the whole transfer longer than the timeout.
+			pause := timeout / 8
+			if pieces := time.Duration(len(nar)/64 + 1); pieces*pause <= timeout {
+				panic("the test NAR is too small to outlast the timeout")
 			}
-
-			return &trickleReader{nar: nar, pause: min(pause, timeout/2)}
+			return &trickleReader{nar: nar, pause: pause}
 		}, http.StatusOK},
 		{"stalled transfer", func(ctx context.Context, nar []byte) io.Reader {
 			return &stallReader{ctx: ctx, half: nar[:len(nar)/2]}
