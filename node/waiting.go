@@ -144,21 +144,25 @@ func (x *waitExplainer) explain(b *db.Build) (db.Wait, bool) {
 		return db.Wait{}, false
 	}
 
+	var w db.Wait
 	switch st.State {
-	case scheduler.StateWaiting:
-		return x.inputWait(b), true
 	case scheduler.StateAssigned:
 		return x.assignedWait(b, st), true
-	case scheduler.StateReady, scheduler.StatePostponed:
-		w := x.ownWait(b.DrvPath, st)
-		if p := b.Placement; p != nil {
-			w.Text += "; its last job, on worker " + p.WorkerID + ", ended without building it"
-		}
-		return w, true
 	case scheduler.StateHeld:
 		return x.ownWait(b.DrvPath, st), true
+	case scheduler.StateWaiting:
+		w = x.inputWait(b)
+	case scheduler.StateReady, scheduler.StatePostponed:
+		w = x.ownWait(b.DrvPath, st)
+	default:
+		return db.Wait{}, false
 	}
-	return db.Wait{}, false
+
+	// The build is queued again, such as after its worker left.
+	if p := b.Placement; p != nil {
+		w.Text += "; its last job, " + p.JobID + " on worker " + p.WorkerID + ", ended without building it"
+	}
+	return w, true
 }
 
 // lookup returns the scheduler's status of a derivation.

@@ -198,7 +198,11 @@ func TestRequeuedBuildShowsDeadline(t *testing.T) {
 		t.Errorf("requeued feat: worker_id %q, want empty", b.WorkerID)
 	}
 	w := h.waits(id)["feat"]
-	want := "waiting for a worker with system x86_64-linux and features kvm; fails at 2026-01-02T03:10:05Z unless one connects; its last job, on worker w1, ended without building it"
+	if b.Placement == nil {
+		t.Fatal("requeued feat has no placement, want its job on w1")
+	}
+	want := "waiting for a worker with system x86_64-linux and features kvm; fails at 2026-01-02T03:10:05Z unless one connects; its last job, " +
+		b.Placement.JobID + " on worker w1, ended without building it"
 	if w.Reason != string(scheduler.NoWorker) || w.Text != want {
 		t.Errorf("requeued feat: waiting %q (%q), want %q (no-worker)", w.Text, w.Reason, want)
 	}
