@@ -306,12 +306,27 @@ func printEvaluation(w io.Writer, e db.Evaluation, bs []db.Build) {
 				fmt.Fprintf(w, "  see: gradient build log %d\n", b.ID)
 			}
 		case db.BuildDependencyFailed:
-			fmt.Fprintf(w, "\n%s: build %d not run because dependency %s failed\n", ep.Attr, b.ID, b.FailedDependency)
+			printDependencyFailed(w, ep.Attr, b, byID)
 		case db.BuildQueued:
 			if b.Waiting != "" {
 				fmt.Fprintf(w, "\n%s: build %d %s\n", ep.Attr, b.ID, b.Waiting)
 			}
 		}
+	}
+}
+
+// printDependencyFailed prints why the build b of entry point attr did
+// not run: its failed input, with that input's build, error and log
+// when byID, the builds of the evaluation, contains it.
+func printDependencyFailed(w io.Writer, attr string, b db.Build, byID map[uint64]db.Build) {
+	dep, ok := byID[b.FailedDependencyBuildID]
+	if !ok || dep.Error == "" {
+		fmt.Fprintf(w, "\n%s: build %d not run because dependency %s failed\n", attr, b.ID, failedInput(b))
+		return
+	}
+	fmt.Fprintf(w, "\n%s: build %d not run because dependency %s failed: %s\n", attr, b.ID, failedInput(b), firstLine(dep.Error))
+	if dep.StartedAt != nil {
+		fmt.Fprintf(w, "  see: gradient build log %d\n", dep.ID)
 	}
 }
 
