@@ -15,7 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gradient-ci/gradient/internal/db"
 	"github.com/gradient-ci/gradient/internal/worker"
+	"github.com/gradient-ci/gradient/node"
 	"github.com/gradient-ci/gradient/protocol"
 	"github.com/gradient-ci/gradient/web"
 )
@@ -78,7 +80,7 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List the workers: state, builds finished, running jobs out of slots, systems and features",
+		Short: "List the workers: state, builds finished, running jobs out of slots, speed, systems and features",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := cf.client()
@@ -93,39 +95,74 @@ func newWorkerCommand(cf *clientFlags) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), ws)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tBUILDS\tJOBS\tSYSTEMS\tFEATURES\tLAST SEEN")
+			fmt.Fprintln(tw, "NAME\tSTATE\tBUILDS\tJOBS\tSPEED\tSYSTEMS\tFEATURES\tLAST SEEN")
 			for _, w := range ws {
 				lastSeen := "never"
 				if w.LastSeen != nil {
 					lastSeen = w.LastSeen.Format(time.RFC3339)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", w.Name, workerState(w), w.Builds, workerJobs(w),
-					listOrDash(w.Systems), listOrDash(w.Features), lastSeen)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%g\t%s\t%s\t%s\n", w.Name, workerState(w), w.Builds, workerJobs(w),
+					w.Speed, listOrDash(w.Systems), listOrDash(w.Features), lastSeen)
 			}
 			return tw.Flush()
 		},
 	}
 	list.Flags().BoolVar(&cf.json, "json", false, "print the API's JSON objects")
 
+	var speed float64
+	register := &cobra.Command{
+		Use:   "register NAME",
+		Short: "Create a worker and print its token, alone, on stdout",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := node.CheckWorkerSpeed(speed); err != nil {
+				return fmt.Errorf("--speed %w", err)
+			}
+			cl, err := cf.client()
+			if err != nil {
+				return err
+			}
+			r, err := cl.RegisterWorker(cmd.Context(), args[0], speed)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), r.Token)
+			return nil
+		},
+	}
+	register.Flags().Float64Var(&speed, "speed", db.DefaultWorkerSpeed,
+		"build speed relative to a machine of speed 1, like a speed factor in Hydra's machines file: at 2, a build estimated at 60s is expected to take 30s")
+
 	c.AddCommand(
+		register,
+		list,
 		&cobra.Command{
-			Use:   "register NAME",
-			Short: "Create a worker and print its token, alone, on stdout",
-			Args:  cobra.ExactArgs(1),
+			Use:   "set-speed NAME SPEED",
+			Short: "Change a worker's build speed, which applies the next time the worker connects",
+			Long: "Change a worker's build speed relative to a machine of speed 1. A connected worker keeps its\n" +
+				"old speed until it disconnects and connects again, and so does one that reconnects within its\n" +
+				"lease after its connection dropped. The in-process worker's speed is set by\n" +
+				"'gradient serve --worker-speed'.",
+			Args: cobra.ExactArgs(2),
 			RunE: func(cmd *cobra.Command, args []string) error {
+				newSpeed, err := strconv.ParseFloat(args[1], 64)
+				if err != nil {
+					return fmt.Errorf("speed %q is not a number: give a positive number, such as 1 or 2.5", args[1])
+				}
+				if err := node.CheckWorkerSpeed(newSpeed); err != nil {
+					return fmt.Errorf("speed %w", err)
+				}
 				cl, err := cf.client()
 				if err != nil {
 					return err
 				}
-				r, err := cl.RegisterWorker(cmd.Context(), args[0])
-				if err != nil {
+				if err := cl.SetWorkerSpeed(cmd.Context(), args[0], newSpeed); err != nil {
 					return err
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), r.Token)
+				fmt.Fprintf(cmd.ErrOrStderr(), "worker %s speed set to %g; it applies the next time the worker connects\n", args[0], newSpeed)
 				return nil
 			},
 		},
-		list,
 		&cobra.Command{
 			Use:   "revoke NAME",
 			Short: "Delete a worker's token and disconnect it",

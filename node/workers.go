@@ -432,16 +432,28 @@ type workerRegistry struct {
 
 var _ web.Workers = (*workerRegistry)(nil)
 
-// Register creates a worker record with the hash of a new random token.
-func (r *workerRegistry) Register(ctx context.Context, name string) (string, error) {
+// Register creates a worker record of the given build speed with the
+// hash of a new random token.
+func (r *workerRegistry) Register(ctx context.Context, name string, speed float64) (string, error) {
 	token, err := newToken()
 	if err != nil {
 		return "", fmt.Errorf("create worker token: %w", err)
 	}
-	if _, err := r.db.CreateWorker(name, db.HashToken(token), r.now()); err != nil {
+	if _, err := r.db.CreateWorkerWithSpeed(name, db.HashToken(token), speed, r.now()); err != nil {
 		return "", err
 	}
 	return token, nil
+}
+
+// SetSpeed stores a new build speed in a worker's record. A connected
+// worker keeps its old speed in the scheduler until it joins again. The
+// in-process worker's speed comes from Config.WorkerSpeed at every start,
+// so it cannot be set here.
+func (r *workerRegistry) SetSpeed(ctx context.Context, name string, speed float64) error {
+	if name == localWorkerID {
+		return fmt.Errorf("worker %q: %w: give gradient serve --worker-speed, or worker_speed in the configuration file", name, web.ErrSpeedFromConfig)
+	}
+	return r.db.SetWorkerSpeed(name, speed)
 }
 
 // List merges the worker records with the connected workers.
@@ -457,6 +469,7 @@ func (r *workerRegistry) List(ctx context.Context) ([]web.WorkerInfo, error) {
 			Name:      rec.Name,
 			State:     web.WorkerDisconnected,
 			Builds:    rec.Builds,
+			Speed:     rec.EffectiveSpeed(),
 			CreatedAt: rec.CreatedAt,
 			LastSeen:  rec.LastSeen,
 		})
@@ -480,7 +493,7 @@ func (r *workerRegistry) List(ctx context.Context) ([]web.WorkerInfo, error) {
 	for _, st := range r.hub.Workers() {
 		info, ok := byName[st.ID]
 		if !ok {
-			out = append(out, web.WorkerInfo{Name: st.ID})
+			out = append(out, web.WorkerInfo{Name: st.ID, Speed: db.DefaultWorkerSpeed})
 			info = &out[len(out)-1]
 			byName[st.ID] = info
 		}

@@ -143,6 +143,7 @@ func New(cfg Config) *Server {
 		if cfg.Workers != nil {
 			r.Post("/workers", s.registerWorker)
 			r.Get("/workers", s.listWorkers)
+			r.Patch("/workers/{name}", s.updateWorker)
 			r.Delete("/workers/{name}", s.revokeWorker)
 		} else {
 			r.HandleFunc("/workers", workersUnavailable)

@@ -14,15 +14,25 @@ import (
 // Workers registers remote workers, revokes their tokens and reports them.
 // The node implements it.
 type Workers interface {
-	// Register creates a worker and returns its token, which the node
-	// does not keep. An existing name is an error wrapping db.ErrExists.
-	Register(ctx context.Context, name string) (token string, err error)
+	// Register creates a worker of the given build speed and returns its
+	// token, which the node does not keep. An existing name is an error
+	// wrapping db.ErrExists.
+	Register(ctx context.Context, name string, speed float64) (token string, err error)
+	// SetSpeed stores a new build speed for a worker, which applies the
+	// next time it joins. An unknown name is an error wrapping
+	// db.ErrNotFound, and a worker whose speed comes from the node's
+	// configuration an error wrapping ErrSpeedFromConfig.
+	SetSpeed(ctx context.Context, name string, speed float64) error
 	// List returns every registered or connected worker in name order.
 	List(ctx context.Context) ([]WorkerInfo, error)
 	// Revoke deletes the worker's token and disconnects it. An unknown
 	// name is an error wrapping db.ErrNotFound.
 	Revoke(ctx context.Context, name string) error
 }
+
+// ErrSpeedFromConfig is wrapped by Workers.SetSpeed for a worker whose
+// speed the node's configuration sets, such as the in-process worker.
+var ErrSpeedFromConfig = errors.New("the worker's speed is set by the node's configuration")
 
 // Worker states in WorkerInfo.State.
 const (
@@ -58,11 +68,23 @@ type WorkerInfo struct {
 	Load1        float64    `json:"load1,omitempty"`
 	// FreeDiskBytes is the free space of the worker's store.
 	FreeDiskBytes uint64 `json:"free_disk_bytes,omitempty"`
+	// Speed is the build speed relative to a machine of speed 1 with
+	// which the worker joins the scheduler.
+	Speed float64 `json:"speed"`
 }
 
 // RegisterWorkerRequest is the body of POST /api/v1/workers.
 type RegisterWorkerRequest struct {
 	Name string `json:"name"`
+	// Speed is the worker's build speed relative to a machine of speed
+	// 1. Absent or 0 means 1.
+	Speed float64 `json:"speed,omitempty"`
+}
+
+// UpdateWorkerRequest is the body of PATCH /api/v1/workers/NAME.
+type UpdateWorkerRequest struct {
+	// Speed is the worker's new build speed, required.
+	Speed *float64 `json:"speed"`
 }
 
 // RegisterWorkerResponse is the response to POST /api/v1/workers. The
@@ -82,7 +104,15 @@ func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	token, err := s.cfg.Workers.Register(r.Context(), req.Name)
+	speed := req.Speed
+	if speed == 0 {
+		speed = db.DefaultWorkerSpeed
+	}
+	if err := db.ValidateWorkerSpeed(speed); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	token, err := s.cfg.Workers.Register(r.Context(), req.Name, speed)
 	if errors.Is(err, db.ErrExists) {
 		writeError(w, http.StatusConflict, "%v: revoke it first with 'gradient worker revoke %s', or pick another name", err, req.Name)
 		return
@@ -91,7 +121,7 @@ func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) {
 		s.writeDBError(w, r, err)
 		return
 	}
-	s.log.Info("worker registered", "worker_id", req.Name)
+	s.log.Info("worker registered", "worker_id", req.Name, "speed", speed)
 	writeJSON(w, http.StatusCreated, RegisterWorkerResponse{Name: req.Name, Token: token})
 }
 
@@ -102,6 +132,34 @@ func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, nonNil(ws))
+}
+
+func (s *Server) updateWorker(w http.ResponseWriter, r *http.Request) {
+	name := chi.URLParam(r, "name")
+	var req UpdateWorkerRequest
+	if err := readJSON(w, r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid request body: %v", err)
+		return
+	}
+	if req.Speed == nil {
+		writeError(w, http.StatusBadRequest, "speed is missing: give the worker's build speed, such as {\"speed\": 2}")
+		return
+	}
+	if err := db.ValidateWorkerSpeed(*req.Speed); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	err := s.cfg.Workers.SetSpeed(r.Context(), name, *req.Speed)
+	if errors.Is(err, ErrSpeedFromConfig) {
+		writeError(w, http.StatusConflict, "%v", err)
+		return
+	}
+	if err != nil {
+		s.writeDBError(w, r, err)
+		return
+	}
+	s.log.Info("worker speed changed", "worker_id", name, "speed", *req.Speed)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) revokeWorker(w http.ResponseWriter, r *http.Request) {
