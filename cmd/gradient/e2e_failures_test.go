@@ -75,20 +75,32 @@ func TestEvalErrorAndFailedBuild(t *testing.T) {
 	}
 
 	status := map[string]string{}
-	var brokenBuild uint64
+	var brokenBuild, afterBroken, failedDepBuild uint64
+	var brokenDrv string
 	for _, b := range show.Builds {
 		status[b.Name] = b.Status
 		switch b.Name {
 		case "broken-leaf":
-			brokenBuild = b.ID
+			brokenBuild, brokenDrv = b.ID, b.DrvPath
 			if !strings.Contains(b.Error, "exit code 3") {
 				t.Errorf("error of broken-leaf = %q, want nix's message with the exit code", b.Error)
 			}
 		case "after-broken":
+			afterBroken, failedDepBuild = b.ID, b.FailedDependencyBuildID
 			if !strings.HasSuffix(b.FailedDependency, "-broken-leaf.drv") {
 				t.Errorf("failed dependency of after-broken = %q, want the broken-leaf .drv", b.FailedDependency)
 			}
 		}
+	}
+	if failedDepBuild != brokenBuild {
+		t.Errorf("failed_dependency_build_id of after-broken = %d, want broken-leaf's build %d", failedDepBuild, brokenBuild)
+	}
+	if out := n.mustCLI("build", "show", brokenDrv); !strings.HasPrefix(out, "build "+itoa(brokenBuild)+" ") {
+		t.Errorf("build show %s does not show build %d:\n%s", brokenDrv, brokenBuild, out)
+	}
+	_, whyErr, code := n.cli("build", "why", itoa(afterBroken))
+	if wantWhy := "never ran: its input " + brokenDrv + " (build " + itoa(brokenBuild) + ") failed"; code != 1 || !strings.Contains(whyErr, wantWhy) {
+		t.Errorf("build why %d: exit %d, %q; want exit 1 with %q", afterBroken, code, whyErr, wantWhy)
 	}
 	want := map[string]string{
 		"diamond-top":    "succeeded",

@@ -37,6 +37,8 @@ type projectShow struct {
 		Outputs          map[string]string `json:"outputs"`
 		Error            string            `json:"error"`
 		FailedDependency string            `json:"failed_dependency"`
+		// FailedDependencyBuildID is the build of FailedDependency.
+		FailedDependencyBuildID uint64 `json:"failed_dependency_build_id"`
 	} `json:"builds"`
 }
 
