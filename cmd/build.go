@@ -258,6 +258,9 @@ func printPlacement(w io.Writer, b db.Build) {
 		fmt.Fprintln(w, "runner-up: none")
 	}
 	fmt.Fprintf(w, "urgent: %t\n", p.Urgent)
+	if p.Exclusive {
+		fmt.Fprintln(w, "worker to itself: yes, an urgent parallel build; no other job started there while it ran")
+	}
 	fmt.Fprintln(w, "score (lower is better):")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "  fetch\t%d bytes\t%.1f s\n", p.FetchBytes, p.FetchSeconds)

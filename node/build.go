@@ -135,6 +135,7 @@ func (d *driver) startJob(ctx context.Context, a scheduler.Assign) {
 		Speed:         a.Score.Speed,
 		Total:         a.Score.Total,
 		Urgent:        a.Score.Urgent,
+		Exclusive:     a.Score.Exclusive,
 		Candidates:    a.Score.Candidates,
 		RunnerUp:      a.Score.RunnerUp,
 		RunnerUpTotal: a.Score.RunnerUpTotal,

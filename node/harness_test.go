@@ -70,6 +70,7 @@ type testDrv struct {
 	system   string
 	features []string
 	inputs   []string
+	parallel bool
 }
 
 // graphResult returns the evaluation result of drvs, which list inputs
@@ -92,6 +93,7 @@ func graphResult(drvs ...testDrv) protocol.EvalResult {
 			Outputs:                map[string]string{"out": storePath(d.name)},
 			InputDrvs:              inputs,
 			RequiredSystemFeatures: d.features,
+			ParallelBuilding:       d.parallel,
 		})
 		res.EntryPoints = append(res.EntryPoints, protocol.EntryPoint{Attr: "packages.x." + d.name, DrvPath: storePath(d.name + ".drv")})
 	}

@@ -132,3 +132,25 @@ func TestChainLinkStoppedWhenUploadFails(t *testing.T) {
 		}
 	}
 }
+
+// An urgent parallel build gets its worker to itself, which the build's
+// placement records, and a serial one does not.
+func TestParallelBuildPlacementExclusive(t *testing.T) {
+	res := graphResult(testDrv{name: "parallel", parallel: true})
+	h := newHarness(t, driverConfig{})
+	h.connect("w1", instantWorker(res), protocol.ServeConfig{MaxJobs: 2})
+	id := h.evaluate("exclusive")
+	h.waitStatus(id, db.EvalSucceeded)
+	if p := h.builds(id)["parallel"].Placement; p == nil || !p.Exclusive || !p.Urgent {
+		t.Errorf("placement of the parallel build = %+v, want urgent and exclusive", p)
+	}
+
+	res = graphResult(testDrv{name: "serial"})
+	h2 := newHarness(t, driverConfig{})
+	h2.connect("w1", instantWorker(res), protocol.ServeConfig{MaxJobs: 2})
+	id = h2.evaluate("serial")
+	h2.waitStatus(id, db.EvalSucceeded)
+	if p := h2.builds(id)["serial"].Placement; p == nil || p.Exclusive {
+		t.Errorf("placement of the serial build = %+v, want not exclusive", p)
+	}
+}

@@ -226,6 +226,10 @@ type Placement struct {
 	// Urgent is set when the job was near the critical path, so it was
 	// placed in priority order rather than for the locality of its inputs.
 	Urgent bool `json:"urgent"`
+	// Exclusive is set when the job had its worker to itself: no other
+	// job started there while it ran, so its parallel build got the
+	// worker's cores.
+	Exclusive bool `json:"exclusive,omitempty"`
 	// Candidates counts the workers that had a free slot and could run
 	// the job, the chosen one included.
 	Candidates int `json:"candidates"`
