@@ -23,8 +23,14 @@ func drvBuildPrefix(drvPath string) []byte {
 	return []byte("drvbuild/" + drvPath + "\x00")
 }
 
+// drvBuildKey is the index key of a build of drvPath. Its value is the
+// build's evaluation ID, see drvBuildValue.
 func drvBuildKey(drvPath string, buildID uint64) []byte {
 	return idKey(string(drvBuildPrefix(drvPath)), buildID)
+}
+
+func drvBuildValue(evalID uint64) []byte {
+	return binary.BigEndian.AppendUint64(nil, evalID)
 }
 
 // drvIndexDoneKey marks a database whose builds are all in the index of
@@ -59,7 +65,7 @@ func (d *DB) CreateBuilds(evalID uint64, bs []Build) error {
 		if err := wb.Set(evalBuildKey(evalID, b.ID), nil); err != nil {
 			return err
 		}
-		if err := wb.Set(drvBuildKey(b.DrvPath, b.ID), nil); err != nil {
+		if err := wb.Set(drvBuildKey(b.DrvPath, b.ID), drvBuildValue(evalID)); err != nil {
 			return err
 		}
 	}
@@ -184,16 +190,39 @@ func (d *DB) BuildsOfDerivation(drvPath string, limit int) ([]Build, error) {
 // FindBuild returns the build of drvPath in an evaluation, or an error
 // wrapping ErrNotFound.
 func (d *DB) FindBuild(evalID uint64, drvPath string) (Build, error) {
-	bs, err := d.BuildsOfDerivation(drvPath, 0)
+	prefix := drvBuildPrefix(drvPath)
+	var buildID uint64
+	err := d.bdb.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = prefix
+		it := txn.NewIterator(opts)
+		defer it.Close()
+
+		for it.Seek(prefix); it.ValidForPrefix(prefix); it.Next() {
+			var inEval uint64
+			err := it.Item().Value(func(v []byte) error {
+				if len(v) == 8 {
+					inEval = binary.BigEndian.Uint64(v)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if inEval == evalID {
+				buildID = binary.BigEndian.Uint64(it.Item().Key()[len(prefix):])
+				return nil
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return Build{}, err
 	}
-	for _, b := range bs {
-		if b.EvalID == evalID {
-			return b, nil
-		}
+	if buildID == 0 {
+		return Build{}, fmt.Errorf("build of %q in evaluation %d: %w", drvPath, evalID, ErrNotFound)
 	}
-	return Build{}, fmt.Errorf("build of %q in evaluation %d: %w", drvPath, evalID, ErrNotFound)
+	return d.GetBuild(buildID)
 }
 
 // indexBuildsByDerivation adds every stored build to the index that
@@ -221,7 +250,7 @@ func (d *DB) indexBuildsByDerivation() error {
 			if err := json.Unmarshal(v, &b); err != nil {
 				return err
 			}
-			return wb.Set(drvBuildKey(b.DrvPath, b.ID), nil)
+			return wb.Set(drvBuildKey(b.DrvPath, b.ID), drvBuildValue(b.EvalID))
 		})
 	})
 	if err != nil {
