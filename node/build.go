@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -167,7 +168,16 @@ func (d *driver) buildRequeued(drvPath, workerID string) {
 		if b.Status == db.BuildBuilding && b.WorkerID == workerID {
 			b.Status = db.BuildQueued
 			b.StartedAt = nil
-			b.Waiting = "queued again: worker " + workerID + " left during the build"
+			b.WorkerID = ""
+			// Keep a typed wait, such as no worker until a deadline,
+			// after the reason for the requeue.
+			left := "queued again: worker " + workerID + " left during the build"
+			switch {
+			case b.WaitingReason == "" || b.Waiting == "":
+				b.Waiting = left
+			case !strings.HasPrefix(b.Waiting, left):
+				b.Waiting = left + "; " + b.Waiting
+			}
 		}
 	})
 }
