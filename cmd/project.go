@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gradient-ci/gradient/internal/db"
+	"github.com/gradient-ci/gradient/scheduler"
 	"github.com/gradient-ci/gradient/web"
 	"github.com/gradient-ci/gradient/web/client"
 )
@@ -146,6 +147,7 @@ func pollEvaluation(cmd *cobra.Command, cf *clientFlags, cl *client.Client, id u
 		if e.Waiting != "" {
 			line += ", " + e.Waiting
 		}
+		line += noWorkerWaits(bs)
 		if line != last {
 			fmt.Fprintln(cmd.ErrOrStderr(), line)
 			last = line
@@ -423,4 +425,27 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// noWorkerWaits returns a line per distinct wait of the builds that no
+// connected worker can build, each with the number of builds, for the
+// progress of --wait: those builds fail at a deadline unless a worker
+// connects, which a count of queued builds does not show.
+func noWorkerWaits(bs []db.Build) string {
+	counts := map[string]int{}
+	var order []string
+	for _, b := range bs {
+		if b.Status.Finished() || b.WaitingReason != string(scheduler.NoWorker) || b.Waiting == "" {
+			continue
+		}
+		if counts[b.Waiting] == 0 {
+			order = append(order, b.Waiting)
+		}
+		counts[b.Waiting]++
+	}
+	var sb strings.Builder
+	for _, wait := range order {
+		fmt.Fprintf(&sb, "\n  %s: %s", plural(counts[wait], "build"), wait)
+	}
+	return sb.String()
 }
