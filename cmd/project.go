@@ -429,7 +429,7 @@ func printJSON(w io.Writer, v any) error {
 
 // noWorkerWaits returns a line per distinct wait of the builds that no
 // connected worker can build, each with the number of builds, for the
-// progress of --wait: those builds fail at a deadline unless a worker
+// progress of --wait. Those builds fail at a deadline unless a worker
 // connects, which a count of queued builds does not show.
 func noWorkerWaits(bs []db.Build) string {
 	counts := map[string]int{}
