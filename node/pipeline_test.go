@@ -57,8 +57,10 @@ func TestChainLinkStartsDuringUpload(t *testing.T) {
 	id := h.evaluate("pipeline")
 
 	waitClosed(t, secondStarted, "link-2 to start while link-1 uploads")
-	if b := h.builds(id)["link-1"]; b.Status != db.BuildBuilding || b.FinishedAt != nil {
-		t.Errorf("link-1 during its upload = %q, finished %v, want building and not finished", b.Status, b.FinishedAt)
+	// The driver records a start after it offered the build, so wait
+	// for the record; the upload cannot end before uploadDone.
+	if b := h.waitBuild(id, "link-1", db.BuildBuilding); b.FinishedAt != nil {
+		t.Errorf("link-1 during its upload finished at %v, want not finished", b.FinishedAt)
 	}
 
 	close(uploadDone)
