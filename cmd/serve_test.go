@@ -358,7 +358,7 @@ func TestServeConfigRejectsBadSchedulerFlags(t *testing.T) {
 		{"share without org", []string{"--scheduler-project-share", "web=3"},
 			`--scheduler-project-share "web=3" is invalid: project "web" has no '/': give ORG/PROJECT, such as acme/web`},
 		{"share zero", []string{"--scheduler-project-share", "acme/web=0"},
-			`--scheduler-project-share "acme/web=0" is invalid: share of acme/web: 0 is not a positive number: give a share greater than 0, such as 0.5 or 3`},
+			`--scheduler-project-share "acme/web=0" is invalid: share of acme/web: 0 is out of range: give a share from 0.001 to 1000, such as 0.5 or 3`},
 		{"share not a number", []string{"--scheduler-project-share", "acme/web=lots"},
 			`--scheduler-project-share "acme/web=lots" is invalid: share "lots" of acme/web is not a number: give a positive number, such as 0.5 or 3`},
 		{"share twice", []string{"--scheduler-project-share", "acme/web=1", "--scheduler-project-share", "acme/web=2"},
@@ -372,9 +372,9 @@ func TestServeConfigRejectsBadSchedulerFlags(t *testing.T) {
 		{"default build time", []string{"--scheduler-default-build-time", "0s"},
 			"--scheduler-default-build-time 0s is out of range: give 1ms or more, such as 1m"},
 		{"worker speed zero", []string{"--worker-speed", "0"},
-			"--worker-speed 0 is not a positive number: give a speed such as 1, or 2 for a machine that builds twice as fast"},
+			"--worker-speed 0 is out of range: give a speed from 0.001 to 1000, such as 1, or 2 for a machine that builds twice as fast"},
 		{"worker speed infinite", []string{"--worker-speed", "Inf"},
-			"--worker-speed +Inf is not a positive number: give a speed such as 1, or 2 for a machine that builds twice as fast"},
+			"--worker-speed +Inf is out of range: give a speed from 0.001 to 1000, such as 1, or 2 for a machine that builds twice as fast"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -393,7 +393,7 @@ func TestServeConfigRejectsBadSchedulerKey(t *testing.T) {
 	t.Setenv("GRADIENT_DATA_DIR", "")
 	path := writeConfig(t, "[scheduler.project_shares]\n\"acme/web\" = -1\n")
 	_, _, err := serveConfig(t, "--config", path)
-	want := "config " + path + `: scheduler.project_shares."acme/web": -1 is not a positive number: give a share greater than 0, such as 0.5 or 3`
+	want := "config " + path + `: scheduler.project_shares."acme/web": -1 is out of range: give a share from 0.001 to 1000, such as 0.5 or 3`
 	if err == nil || err.Error() != want {
 		t.Errorf("serveConfig(negative share) = %v, want %q", err, want)
 	}

@@ -111,8 +111,8 @@ func parseSpeeds(cmd *cobra.Command, list string, workers int) ([]float64, error
 	for _, s := range strings.Split(list, ",") {
 		s = strings.TrimSpace(s)
 		v, err := strconv.ParseFloat(s, 64)
-		if err != nil || !(v > 0) || math.IsInf(v, 0) {
-			return nil, fmt.Errorf("--speeds: %q is not a positive number", s)
+		if err != nil || !(v >= scheduler.MinSpeed && v <= scheduler.MaxSpeed) {
+			return nil, fmt.Errorf("--speeds: %q is out of range: give numbers from %v to %v", s, scheduler.MinSpeed, scheduler.MaxSpeed)
 		}
 		speeds = append(speeds, v)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,10 +76,11 @@ func CheckShareProject(project string) error {
 	return nil
 }
 
-// CheckShare returns an error unless share is a positive finite number.
+// CheckShare returns an error unless share is in [scheduler.MinShare,
+// scheduler.MaxShare].
 func CheckShare(share float64) error {
-	if !(share > 0) || math.IsInf(share, 0) {
-		return fmt.Errorf("%v is not a positive number: give a share greater than 0, such as 0.5 or 3", share)
+	if !(share >= scheduler.MinShare && share <= scheduler.MaxShare) {
+		return fmt.Errorf("%v is out of range: give a share from %v to %v, such as 0.5 or 3", share, scheduler.MinShare, scheduler.MaxShare)
 	}
 	return nil
 }
@@ -101,11 +101,11 @@ func ParseFetchBandwidth(s string) (float64, error) {
 	return float64(bytes), nil
 }
 
-// CheckWorkerSpeed returns an error unless speed is a positive finite
-// number.
+// CheckWorkerSpeed returns an error unless speed is a valid worker speed,
+// see db.ValidateWorkerSpeed.
 func CheckWorkerSpeed(speed float64) error {
-	if !(speed > 0) || math.IsInf(speed, 0) {
-		return fmt.Errorf("%v is not a positive number: give a speed such as 1, or 2 for a machine that builds twice as fast", speed)
+	if !(speed >= scheduler.MinSpeed && speed <= scheduler.MaxSpeed) {
+		return fmt.Errorf("%v is out of range: give a speed from %v to %v, such as 1, or 2 for a machine that builds twice as fast", speed, scheduler.MinSpeed, scheduler.MaxSpeed)
 	}
 	return nil
 }

@@ -28,10 +28,10 @@ func TestParseProjectShare(t *testing.T) {
 		{in: "acme/we b=3", wantErr: `project "acme/we b": project name "we b" has an invalid character ' '`},
 		{in: "/web=3", wantErr: `project "/web": organisation name is empty`},
 		{in: "acme/web=many", wantErr: `share "many" of acme/web is not a number`},
-		{in: "acme/web=0", wantErr: "share of acme/web: 0 is not a positive number: give a share greater than 0"},
-		{in: "acme/web=-2", wantErr: "share of acme/web: -2 is not a positive number"},
-		{in: "acme/web=NaN", wantErr: "share of acme/web: NaN is not a positive number"},
-		{in: "acme/web=+Inf", wantErr: "share of acme/web: +Inf is not a positive number"},
+		{in: "acme/web=0", wantErr: "share of acme/web: 0 is out of range: give a share from 0.001 to 1000"},
+		{in: "acme/web=-2", wantErr: "share of acme/web: -2 is out of range"},
+		{in: "acme/web=NaN", wantErr: "share of acme/web: NaN is out of range"},
+		{in: "acme/web=+Inf", wantErr: "share of acme/web: +Inf is out of range"},
 	}
 	for _, tt := range tests {
 		project, share, err := ParseProjectShare(tt.in)
@@ -147,9 +147,9 @@ func TestParseConfigFileSchedulerRejects(t *testing.T) {
 	}{
 		{"unknown key", "[scheduler]\npolicies = \"hydra\"", "scheduler.policies: unknown key"},
 		{"policy", "[scheduler]\npolicy = \"lifo\"", `scheduler.policy: "lifo" is not a policy: give gradient, hydra or fifo`},
-		{"share zero", "[scheduler.project_shares]\n\"acme/web\" = 0", `scheduler.project_shares."acme/web": 0 is not a positive number: give a share greater than 0`},
-		{"share negative", "[scheduler.project_shares]\n\"acme/web\" = -1.5", `scheduler.project_shares."acme/web": -1.5 is not a positive number`},
-		{"share infinite", "[scheduler.project_shares]\n\"acme/web\" = inf", `scheduler.project_shares."acme/web": +Inf is not a positive number`},
+		{"share zero", "[scheduler.project_shares]\n\"acme/web\" = 0", `scheduler.project_shares."acme/web": 0 is out of range: give a share from 0.001 to 1000`},
+		{"share negative", "[scheduler.project_shares]\n\"acme/web\" = -1.5", `scheduler.project_shares."acme/web": -1.5 is out of range`},
+		{"share infinite", "[scheduler.project_shares]\n\"acme/web\" = inf", `scheduler.project_shares."acme/web": +Inf is out of range`},
 		{"share string", "[scheduler.project_shares]\n\"acme/web\" = \"3\"", `scheduler.project_shares."acme/web": has TOML type string: give a number`},
 		{"share without org", "[scheduler.project_shares]\nweb = 3", `scheduler.project_shares."web": project "web" has no '/'`},
 		{"bandwidth zero", "[scheduler]\nfetch_bandwidth = 0", "scheduler.fetch_bandwidth: 0 is not positive"},
@@ -158,8 +158,10 @@ func TestParseConfigFileSchedulerRejects(t *testing.T) {
 		{"max attempts", "[scheduler]\nmax_attempts = 0", "scheduler.max_attempts: 0 is out of range: give 1 or more"},
 		{"default build time short", "[scheduler]\ndefault_build_time = \"10us\"", `scheduler.default_build_time: "10us" is invalid: give a duration of 1ms or more`},
 		{"default build time unit", "[scheduler]\ndefault_build_time = \"60\"", `scheduler.default_build_time: "60" is invalid`},
-		{"worker speed zero", "worker_speed = 0", "worker_speed: 0 is not a positive number: give a speed such as 1"},
-		{"worker speed nan", "worker_speed = nan", "worker_speed: NaN is not a positive number"},
+		{"worker speed zero", "worker_speed = 0", "worker_speed: 0 is out of range: give a speed from 0.001 to 1000"},
+		{"worker speed nan", "worker_speed = nan", "worker_speed: NaN is out of range"},
+		{"worker speed tiny", "worker_speed = 1e-320", "worker_speed: 1e-320 is out of range"},
+		{"share huge", "[scheduler.project_shares]\n\"acme/web\" = 1e308", `scheduler.project_shares."acme/web": 1e+308 is out of range`},
 		{"worker speed string", `worker_speed = "fast"`, "worker_speed: has TOML type string: give a number"},
 	}
 	for _, tt := range tests {
@@ -196,9 +198,9 @@ func TestConfigValidateScheduler(t *testing.T) {
 		want string
 	}{
 		{"policy", func(c *Config) { c.Scheduler.Policy = "lifo" }, `Policy "lifo" is not one of`},
-		{"share value", func(c *Config) { c.Scheduler.ProjectShares = map[string]float64{"acme/web": -1} }, `ProjectShares["acme/web"] -1 is not a positive finite number`},
+		{"share value", func(c *Config) { c.Scheduler.ProjectShares = map[string]float64{"acme/web": -1} }, `ProjectShares["acme/web"] -1 is not in [0.001, 1000]`},
 		{"share key", func(c *Config) { c.Scheduler.ProjectShares = map[string]float64{"web": 1} }, `scheduler project shares: project "web" has no '/'`},
-		{"worker speed", func(c *Config) { c.WorkerSpeed = math.Inf(1) }, "worker speed +Inf is not a positive number"},
+		{"worker speed", func(c *Config) { c.WorkerSpeed = math.Inf(1) }, "worker speed +Inf is out of range"},
 	}
 	for _, tt := range tests {
 		c := Config{}.withDefaults()

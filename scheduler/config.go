@@ -188,8 +188,8 @@ func (c Config) Validate() error {
 	}
 
 	for project, share := range c.ProjectShares {
-		if !(share > 0) || math.IsInf(share, 0) {
-			return fmt.Errorf("%w: ProjectShares[%q] %v is not a positive finite number", ErrInvalidConfig, project, share)
+		if !(share >= MinShare && share <= MaxShare) {
+			return fmt.Errorf("%w: ProjectShares[%q] %v is not in [%v, %v]", ErrInvalidConfig, project, share, MinShare, MaxShare)
 		}
 	}
 	return nil

@@ -3,7 +3,6 @@ package scheduler
 import (
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 )
@@ -69,6 +68,16 @@ type Derivation struct {
 	HeldFor   string
 	HeldUntil time.Time
 }
+
+// Bounds of Worker.Speed and of Config.ProjectShares. Outside them an
+// estimate divided by a speed, or a count divided by a share, overflows
+// to infinity or swamps every other term.
+const (
+	MinSpeed = 0.001
+	MaxSpeed = 1000
+	MinShare = 0.001
+	MaxShare = 1000
+)
 
 // Worker describes a machine that builds jobs.
 type Worker struct {
@@ -182,8 +191,8 @@ func validateWorker(w Worker) error {
 	if w.Slots < 1 {
 		return fmt.Errorf("%w: Slots of %q is %d, below 1", ErrInvalidWorker, w.ID, w.Slots)
 	}
-	if w.Speed < 0 || math.IsNaN(w.Speed) || math.IsInf(w.Speed, 0) {
-		return fmt.Errorf("%w: Speed of %q is %v, not a finite number >= 0", ErrInvalidWorker, w.ID, w.Speed)
+	if w.Speed != 0 && !(w.Speed >= MinSpeed && w.Speed <= MaxSpeed) {
+		return fmt.Errorf("%w: Speed of %q is %v, not 0 or in [%v, %v]", ErrInvalidWorker, w.ID, w.Speed, MinSpeed, MaxSpeed)
 	}
 	if slices.ContainsFunc(append(slices.Clone(w.Systems), w.Features...), func(s string) bool { return s == "" || len(s) > MaxPathLength }) {
 		return fmt.Errorf("%w: a system or feature of %q is empty or longer than %d bytes", ErrInvalidWorker, w.ID, MaxPathLength)

@@ -62,7 +62,7 @@ func TestRegisterWorkerSpeed(t *testing.T) {
 	}{
 		{"default speed", `{"name": "plain"}`, http.StatusCreated, ""},
 		{"given speed", `{"name": "fast", "speed": 2.5}`, http.StatusCreated, ""},
-		{"negative speed", `{"name": "bad", "speed": -1}`, http.StatusBadRequest, "worker speed -1 is invalid"},
+		{"negative speed", `{"name": "bad", "speed": -1}`, http.StatusBadRequest, "worker speed -1 is out of range"},
 	}
 	for _, tt := range tests {
 		status, body := request(t, http.MethodPost, ts.URL+"/api/v1/workers", testToken, tt.body)
@@ -95,7 +95,7 @@ func TestUpdateWorkerSpeed(t *testing.T) {
 	}{
 		{"valid", "w1", `{"speed": 3}`, http.StatusNoContent, ""},
 		{"missing speed", "w1", `{}`, http.StatusBadRequest, "speed is missing"},
-		{"zero speed", "w1", `{"speed": 0}`, http.StatusBadRequest, "worker speed 0 is invalid"},
+		{"zero speed", "w1", `{"speed": 0}`, http.StatusBadRequest, "worker speed 0 is out of range"},
 		{"unknown field", "w1", `{"speed": 2, "slots": 4}`, http.StatusBadRequest, "slots"},
 		{"unknown worker", "nobody", `{"speed": 2}`, http.StatusNotFound, `worker \"nobody\": not found`},
 		{"in-process worker", "local", `{"speed": 2}`, http.StatusConflict, "--worker-speed"},

@@ -6,10 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/gradient-ci/gradient/scheduler"
 )
 
 // Worker is a registered remote worker. Only the SHA-256 of its token is
@@ -34,20 +35,22 @@ type Worker struct {
 // DefaultWorkerSpeed is the speed of a worker registered without one.
 const DefaultWorkerSpeed = 1.0
 
-// EffectiveSpeed returns w.Speed, or DefaultWorkerSpeed for a record
-// that stores none.
+// EffectiveSpeed returns w.Speed within the scheduler's bounds, or
+// DefaultWorkerSpeed for a record that stores none.
 func (w Worker) EffectiveSpeed() float64 {
 	if w.Speed == 0 {
 		return DefaultWorkerSpeed
 	}
-	return w.Speed
+	// A record written before the speed had bounds may hold any positive
+	// number.
+	return min(max(w.Speed, scheduler.MinSpeed), scheduler.MaxSpeed)
 }
 
-// ValidateWorkerSpeed returns an error unless speed is a positive finite
-// number.
+// ValidateWorkerSpeed returns an error unless speed is in
+// [scheduler.MinSpeed, scheduler.MaxSpeed].
 func ValidateWorkerSpeed(speed float64) error {
-	if !(speed > 0) || math.IsInf(speed, 0) {
-		return fmt.Errorf("worker speed %v is invalid: give a positive number, such as 2 for a machine that builds twice as fast as one of speed 1", speed)
+	if !(speed >= scheduler.MinSpeed && speed <= scheduler.MaxSpeed) {
+		return fmt.Errorf("worker speed %v is out of range: give a number from %v to %v, such as 2 for a machine that builds twice as fast as one of speed 1", speed, scheduler.MinSpeed, scheduler.MaxSpeed)
 	}
 	return nil
 }

@@ -210,8 +210,8 @@ func (o Options) withDefaults() (Options, error) {
 		o.Speeds = []float64{1}
 	}
 	for _, s := range o.Speeds {
-		if !(s > 0) || math.IsInf(s, 0) {
-			return o, fmt.Errorf("simulate: speed %v is not a positive finite number", s)
+		if !(s >= scheduler.MinSpeed && s <= scheduler.MaxSpeed) {
+			return o, fmt.Errorf("simulate: speed %v is not in [%v, %v]", s, scheduler.MinSpeed, scheduler.MaxSpeed)
 		}
 	}
 	if o.Policy == "" {
