@@ -182,6 +182,21 @@ func (d *driver) buildRequeued(drvPath, workerID string) {
 	})
 }
 
+// linkStopped puts the records of a chain link that was stopped because
+// the link before it did not complete back to queued, unless the
+// scheduler's decisions moved them on already. Called on the Run
+// goroutine.
+func (d *driver) linkStopped(drvPath, workerID string) {
+	d.updateBuilds(drvPath, func(b *db.Build) {
+		if b.Status == db.BuildBuilding && b.WorkerID == workerID {
+			b.Status = db.BuildQueued
+			b.StartedAt = nil
+			b.WorkerID = ""
+			b.Waiting = ""
+		}
+	})
+}
+
 // buildHeld notes in the records of a derivation that the scheduler holds
 // it for the worker that was building it before the node restarted.
 // Called on the Run goroutine.
@@ -283,9 +298,11 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 	}
 	if next != nil {
 		// The link after a failure was started already: stop it, and
-		// wait so that its result cannot come after the job's end.
+		// wait so that its result cannot come after the job's end. Its
+		// record no longer shows it building there.
 		stopLinks()
 		<-next.done
+		_ = d.post(nodeCtx, func(context.Context) { d.linkStopped(next.drvPath, a.WorkerID) })
 	}
 
 	_ = d.post(nodeCtx, func(ctx context.Context) {
@@ -303,6 +320,7 @@ func (d *driver) runJob(jobCtx, nodeCtx context.Context, link *workerLink, a sch
 
 // runningLink is the build of one link of a job.
 type runningLink struct {
+	drvPath string
 	// built is closed when the worker reports the outputs built, which
 	// workers before JobBuilt never do.
 	built chan struct{}
@@ -320,7 +338,7 @@ func (d *driver) startLink(ctx, nodeCtx context.Context, log *slog.Logger, link 
 	_ = d.post(nodeCtx, func(context.Context) { d.buildStarted(a.JobID, a.WorkerID, drv, i == 0) })
 	d.mesh.buildStarted(nodeCtx, drv, jobETA(a))
 
-	l := &runningLink{built: make(chan struct{}), done: make(chan linkResult, 1)}
+	l := &runningLink{drvPath: drv, built: make(chan struct{}), done: make(chan linkResult, 1)}
 	sink := &builtSink{Store: d.cache, built: l.built}
 	go func() {
 		res, err := d.buildOnLink(ctx, nodeCtx, log, link, drv, sink)

@@ -89,6 +89,7 @@ func TestChainLinkStoppedWhenUploadFails(t *testing.T) {
 	res := graphResult(testDrv{name: "link-1"}, testDrv{name: "link-2", inputs: []string{"link-1"}})
 	secondStarted := make(chan struct{})
 	secondStopped := make(chan struct{})
+	retry := make(chan struct{})
 	var mu sync.Mutex
 	attempts := map[string]int{}
 	w := &fakeWorker{
@@ -98,6 +99,15 @@ func TestChainLinkStoppedWhenUploadFails(t *testing.T) {
 			attempts[req.DrvPath]++
 			first := attempts[req.DrvPath] == 1
 			mu.Unlock()
+			if req.DrvPath == storePath("link-1.drv") && !first {
+				// The job runs again only once the test saw link-2
+				// queued.
+				select {
+				case <-retry:
+				case <-ctx.Done():
+					return protocol.BuildResult{}, ctx.Err()
+				}
+			}
 			outputsBuilt(nars)
 			switch {
 			case req.DrvPath == storePath("link-1.drv") && first:
@@ -120,6 +130,18 @@ func TestChainLinkStoppedWhenUploadFails(t *testing.T) {
 	id := h.evaluate("pipeline-fault")
 
 	waitClosed(t, secondStopped, "link-2 to stop after link-1's upload failed")
+	// Until the job runs again, link-2 is not recorded as building.
+	var last db.Build
+	defer func() {
+		if t.Failed() {
+			t.Logf("last record of link-2: %+v", last)
+		}
+	}()
+	h.waitFor("link-2 queued again", func() bool {
+		last = h.builds(id)["link-2"]
+		return last.Status == db.BuildQueued && last.StartedAt == nil
+	})
+	close(retry)
 	h.waitStatus(id, db.EvalSucceeded)
 	for name, b := range h.builds(id) {
 		if b.Status != db.BuildSucceeded {
