@@ -67,3 +67,22 @@ func TestRegistryWorkerSpeed(t *testing.T) {
 		t.Errorf("SetSpeed(unknown) = %v, want ErrNotFound", err)
 	}
 }
+
+// The in-process worker's name can be neither registered, which would
+// give a remote worker its identity, nor revoked, which would stop the
+// node's own worker.
+func TestRegistryInProcessName(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, driverConfig{})
+	r := &workerRegistry{db: h.db, hub: h.hub, now: h.clock.Now}
+
+	if _, err := r.Register(ctx, localWorkerID, 1); !errors.Is(err, web.ErrInProcessWorker) {
+		t.Errorf("Register(%s) = %v, want an error wrapping web.ErrInProcessWorker", localWorkerID, err)
+	}
+	if err := r.Revoke(ctx, localWorkerID); !errors.Is(err, web.ErrInProcessWorker) {
+		t.Errorf("Revoke(%s) = %v, want an error wrapping web.ErrInProcessWorker", localWorkerID, err)
+	}
+	if _, err := r.Register(ctx, "w1", 1); err != nil {
+		t.Errorf("Register(w1) = %v, want success", err)
+	}
+}

@@ -435,6 +435,9 @@ var _ web.Workers = (*workerRegistry)(nil)
 // Register creates a worker record of the given build speed with the
 // hash of a new random token.
 func (r *workerRegistry) Register(ctx context.Context, name string, speed float64) (string, error) {
+	if name == localWorkerID {
+		return "", fmt.Errorf("worker name %q: %w: pick another name", name, web.ErrInProcessWorker)
+	}
 	token, err := newToken()
 	if err != nil {
 		return "", fmt.Errorf("create worker token: %w", err)
@@ -520,6 +523,9 @@ func (r *workerRegistry) List(ctx context.Context) ([]web.WorkerInfo, error) {
 
 // Revoke deletes the worker's record and token and disconnects it.
 func (r *workerRegistry) Revoke(ctx context.Context, name string) error {
+	if name == localWorkerID {
+		return fmt.Errorf("worker %q: %w: to run the node without it, restart gradient serve with --no-worker", name, web.ErrInProcessWorker)
+	}
 	if err := r.db.DeleteWorker(name); err != nil {
 		return err
 	}

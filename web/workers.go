@@ -34,6 +34,11 @@ type Workers interface {
 // speed the node's configuration sets, such as the in-process worker.
 var ErrSpeedFromConfig = errors.New("the worker's speed is set by the node's configuration")
 
+// ErrInProcessWorker is wrapped by Workers.Register and Workers.Revoke for
+// the name of the node's in-process worker, which is neither registered
+// nor revoked.
+var ErrInProcessWorker = errors.New("the name belongs to the node's in-process worker")
+
 // Worker states in WorkerInfo.State.
 const (
 	WorkerConnected    = "connected"
@@ -113,6 +118,10 @@ func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	token, err := s.cfg.Workers.Register(r.Context(), req.Name, speed)
+	if errors.Is(err, ErrInProcessWorker) {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
 	if errors.Is(err, db.ErrExists) {
 		writeError(w, http.StatusConflict, "%v: revoke it first with 'gradient worker revoke %s', or pick another name", err, req.Name)
 		return
@@ -164,7 +173,12 @@ func (s *Server) updateWorker(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) revokeWorker(w http.ResponseWriter, r *http.Request) {
 	name := chi.URLParam(r, "name")
-	if err := s.cfg.Workers.Revoke(r.Context(), name); err != nil {
+	err := s.cfg.Workers.Revoke(r.Context(), name)
+	if errors.Is(err, ErrInProcessWorker) {
+		writeError(w, http.StatusConflict, "%v", err)
+		return
+	}
+	if err != nil {
 		s.writeDBError(w, r, err)
 		return
 	}
