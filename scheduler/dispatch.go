@@ -31,7 +31,7 @@ func (s *Scheduler) dispatch(now time.Time) {
 // of the queues' tops.
 func (s *Scheduler) pickQueue() *readyQueue {
 	var best *readyQueue
-	bestUsage := math.Inf(1)
+	bestUsage, bestVTime := math.Inf(1), 0.0
 	for _, c := range s.classOrder {
 		if c.ready == 0 || !s.classHasFreeWorker(c) {
 			continue
@@ -41,8 +41,9 @@ func (s *Scheduler) pickQueue() *readyQueue {
 				continue
 			}
 			usage := float64(q.project.running) / q.project.share
-			if best == nil || usage < bestUsage || usage == bestUsage && s.less(q.items[0], best.items[0]) {
-				best, bestUsage = q, usage
+			vtime := s.projectVTime(q.project)
+			if best == nil || usage < bestUsage || usage == bestUsage && (vtime < bestVTime || vtime == bestVTime && s.less(q.items[0], best.items[0])) {
+				best, bestUsage, bestVTime = q, usage, vtime
 			}
 		}
 	}
@@ -190,6 +191,9 @@ func (s *Scheduler) startJob(w *worker, chain, inputs []*drv, score Score, now t
 	w.running++
 	w.jobs = append(w.jobs, j)
 	j.project.running++
+	vtime := s.projectVTime(j.project)
+	j.project.vtime = vtime + 1/j.project.share
+	s.vclock = max(s.vclock, vtime)
 	if score.Exclusive {
 		w.exclusive = j
 	}
@@ -258,4 +262,11 @@ func (s *Scheduler) externalInputs(chain []*drv) []*drv {
 		}
 	}
 	return inputs
+}
+
+// projectVTime returns p's vtime, raised to s.vclock: a project that had
+// nothing to build while others used the slots starts level with them
+// instead of taking every slot until it caught up.
+func (s *Scheduler) projectVTime(p *project) float64 {
+	return max(p.vtime, s.vclock)
 }

@@ -30,6 +30,9 @@ type Scheduler struct {
 	// ended holds the jobs whose last link was built, which freed their
 	// slot, until JobFinished reports them.
 	ended map[string]struct{}
+	// vclock is the highest project vtime at which a job started, the
+	// floor of every project's vtime, see projectVTime.
+	vclock float64
 	// workers is sorted by ID, so that iteration is deterministic.
 	workers  []*worker
 	projects map[string]*project

@@ -137,6 +137,10 @@ type project struct {
 	name    string
 	share   float64
 	running int
+	// vtime counts the jobs the project started, each as 1/share. Between
+	// projects with as many running jobs per share, the one with the
+	// lower vtime goes first, so shares hold even with one slot.
+	vtime float64
 }
 
 // class groups the derivations that need the same system and features, so
