@@ -49,7 +49,7 @@ func TestWorkerSpeedListed(t *testing.T) {
 	}
 
 	_, stderr, code := n.cli("worker", "register", "zero", "--speed", "0")
-	if code == 0 || !strings.Contains(stderr, "--speed 0 is not a positive number") {
+	if code == 0 || !strings.Contains(stderr, "--speed 0 is out of range") {
 		t.Errorf("register --speed 0: exit %d, stderr %q, want a failure naming --speed", code, stderr)
 	}
 	_, stderr, code = n.cli("worker", "set-speed", "local", "2")
