@@ -517,9 +517,9 @@ func (sm *simulation) startBuild(jobID string, j *simJob) {
 	})
 }
 
-// finishBuild ends the build of w that has the least work left, which the
-// event that called it found finished, and starts the next derivation of
-// its job or finishes the job.
+// finishBuild ends the build of w that finishes first at the current
+// rates, which the event that called it found finished, and starts the
+// next derivation of its job or finishes the job.
 func (sm *simulation) finishBuild(w *simWorker) error {
 	w.advance(sm.now)
 	first := 0
