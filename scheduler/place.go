@@ -13,8 +13,8 @@ import "math"
 // their cores to the build as they end. That happens under one of two
 // conditions. Either the slots left free elsewhere still take every other
 // ready derivation of its class, or there are more ready derivations than
-// free slots anyway, so every slot stays busy whatever the choice and the
-// cores go to the urgent build. Otherwise a derivation would wait for
+// free slots anyway. In the second case every slot stays busy whatever
+// the choice, and the cores go to the urgent build. Otherwise a derivation would wait for
 // slots whose cores the job may not keep busy to its end.
 func (s *Scheduler) place(chain []*drv, inputs []*drv, exclusive bool) (*worker, Score) {
 	if exclusive {

@@ -9,11 +9,11 @@
 // job first fetches the outputs of its inputs that its worker's store
 // lacks, at Bandwidth, then builds its derivations one after the other.
 // The builds running on a worker share its cores as the kernel shares
-// them between nix builds that each see every core, which is what nix
-// does by default (its `cores` setting is the machine's core count): a
-// serial build uses one core, a parallel one (Node.Cores) as many as it
-// can get, and no build gets more than an equal share while others want
-// more. A build is done when it has had its BuildTime in core-seconds at
+// them between nix builds that each see every core. That is what nix
+// does by default, because its `cores` setting is the machine's core
+// count. A serial build uses one core and a parallel one (Node.Cores) as
+// many as it can get, but no build gets more than an equal share while
+// others want more. A build is done when it has had its BuildTime in core-seconds at
 // the worker's speed. Fetched and built outputs stay in the store for
 // good: workers never collect garbage.
 package sim
